@@ -1,0 +1,187 @@
+"""Wiring: build one proxy instance from a loaded config (no sockets bound here).
+
+:class:`ShadowProxy` owns every long-lived part — upstream sessions, model paths, the recorder,
+background tasks — and stops them in order: model calls drain (bounded), then the audit trail is
+written, sealed and fsynced. :mod:`proxy.server` binds the sockets and handles signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.audit import Chain, Redactor
+from proxy.circuit import Circuit
+from proxy.config import Route
+from proxy.decisions import RouteDecisions
+from proxy.handler import ProxyHandler
+from proxy.ids import ulid
+from proxy.loading import Loaded
+from proxy.log import get_logger
+from proxy.metrics import Metrics
+from proxy.mirror import ModelPath
+from proxy.recorder import Recorder
+from proxy.records import RecordBuilder
+from proxy.routes import RouteRuntime, RouteTable, model_counter
+from proxy.sinks import FileSink, Sink
+from proxy.tasks import TaskOwner
+from proxy.upstream import Upstream
+
+log = get_logger("proxy.app")
+
+
+class ShadowProxy:
+    """One running proxy: routes, upstreams, recorder, owned tasks."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        *,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.loaded = loaded
+        self.config = config = loaded.config
+        self.metrics = Metrics()
+        self.start_id = ulid()
+        self.writer = f"{socket.gethostname()}:{os.getpid()}:{self.start_id}"
+        self.model_tasks = TaskOwner("model-calls")
+        self.background = TaskOwner("background")
+        self._rng, self._clock = rng, clock
+        self.routes = RouteTable([self._route(r) for r in config.routes])
+        self.default = (
+            Upstream(config.default_upstream, 30.0, name="default") if config.default_upstream else None
+        )
+        self.recorder = Recorder(
+            self._sink(),
+            Chain(self.writer),
+            RecordBuilder(Redactor(config.audit.redact), config.audit.include_bodies),
+            self.metrics,
+            queue_records=config.audit.queue_records,
+            batch_records=config.audit.batch_records,
+            flush_interval_s=config.audit.flush_interval,
+        )
+        self.recorder.observe(self._count_decisions)
+        self.handler = ProxyHandler(
+            routes=self.routes,
+            default=self.default,
+            submit=self.recorder.submit,
+            metrics=self.metrics,
+            owner=self.model_tasks,
+            max_body_bytes=config.max_body_bytes,
+            access_sample=config.log.access_sample,
+            rng=rng,
+            clock=clock,
+        )
+        self._recorder_task: asyncio.Task[None] | None = None
+        self.draining = False
+        self._live_gauges()
+
+    def _route(self, cfg: Route) -> RouteRuntime:
+        primary = Upstream(cfg.primary.url, cfg.primary.timeout, name=f"{cfg.name}/primary")
+        model_upstream = Upstream(cfg.model.url, cfg.model.timeout, name=f"{cfg.name}/model")
+        decisions = RouteDecisions(cfg)
+        model = ModelPath(
+            route=cfg.name,
+            upstream=model_upstream,
+            extractor=decisions.model,
+            max_in_flight=cfg.mirror.max_in_flight,
+            max_queued_bytes=cfg.mirror.max_queued_bytes,
+            circuit=Circuit(cfg.model.circuit.failures, cfg.model.circuit.cooldown),
+            owner=self.model_tasks,
+            count=model_counter(self.metrics, cfg.name),
+            observe_latency=self.metrics.upstream_latency.labels(cfg.name, "model").observe,
+        )
+        return RouteRuntime(cfg=cfg, primary=primary, model=model, decisions=decisions, metrics=self.metrics)
+
+    def _sink(self) -> Sink:
+        sink = self.config.audit.sink
+        if sink.startswith("file://"):
+            return FileSink(
+                Path(sink[len("file://") :]),
+                start_id=self.start_id,
+                rotate_bytes=self.config.audit.rotate_bytes,
+                compress_rotated=self.config.audit.compress_rotated,
+                fsync_each_batch=self.config.audit.fsync == "batch",
+            )
+        raise NotImplementedError(f"audit sink {sink!r} is not available in this build")
+
+    def _live_gauges(self) -> None:
+        routes = self.routes.routes
+        live = self.metrics.live
+        live.add(
+            "shadow_proxy_mirror_in_flight", "Model calls in flight.", ["route"],
+            lambda: [((r.name,), r.model.in_flight) for r in routes],
+        )  # fmt: skip
+        live.add(
+            "shadow_proxy_sample_rate", "Shadow sample rate in force.", ["route"],
+            lambda: [((r.name,), r.sample_rate) for r in routes],
+        )  # fmt: skip
+        live.add(
+            "shadow_proxy_stage", "Stage: 0 shadow, 1 assisted, 2 autonomous.", ["route"],
+            lambda: [((r.name,), r.stage.level) for r in routes],
+        )  # fmt: skip
+        live.add(
+            "shadow_proxy_audit_queue_records", "Records waiting to be written.", [],
+            lambda: [((), self.recorder.backlog)],
+        )  # fmt: skip
+        live.add(
+            "shadow_proxy_audit_spilled_records", "Records in the spill folder awaiting replay.", [],
+            lambda: [((), 0)],
+        )  # fmt: skip
+
+    def _count_decisions(self, records: list[dict]) -> None:
+        counter = self.metrics.decisions
+        for record in records:
+            if record["type"] == "decision":
+                agree = record["agree"]
+                label = "null" if agree is None else "true" if agree else "false"
+                counter.labels(record["route"], record["stage"], label).inc()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for route in self.routes.routes:
+            await route.primary.start()
+            await route.model.upstream.start()
+        if self.default is not None:
+            await self.default.start()
+        await self.recorder.sink.open()
+        self._recorder_task = self.background.spawn(self.recorder.run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        """After client traffic has stopped: drain model calls, then write and seal the audit trail."""
+        grace = self.config.shutdown.mirror_grace
+        cancelled = await self.model_tasks.drain(grace)
+        if cancelled:
+            log.warning("shutdown.model_calls_cancelled", count=cancelled, grace_s=grace)
+        if self._recorder_task is not None:
+            await self.recorder.finish(self._recorder_task)
+        await self.background.cancel()
+        for route in self.routes.routes:
+            await route.primary.close()
+            await route.model.upstream.close()
+        if self.default is not None:
+            await self.default.close()
+        log.info("shutdown.audit_flushed", records=self.recorder.written, dropped=self.recorder.dropped)
+
+    # --- aiohttp applications -----------------------------------------------------------------
+
+    def proxy_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, handler_args={"max_field_size": 16384}
+        )
+        app.router.add_route("*", "/{tail:.*}", self.handler)
+        return app
+
+    def admin_app(self) -> web.Application:
+        from proxy.admin import build_admin_app
+
+        return build_admin_app(self)

@@ -1,0 +1,228 @@
+"""Audit sinks: where chained records are written. The file sink is JSON Lines in a folder.
+
+A sink works in two steps so that CPU work stays on the event loop in small slices and only
+blocking file I/O goes to a thread: :meth:`plan` chains records into bytes (and decides rotation,
+so each seal lands at the right place in the chain); :meth:`flush` writes what is planned. A failed
+write leaves the rest planned and is retried; nothing planned is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import re
+import shutil
+import socket
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from proxy.audit import Chain
+from proxy.log import get_logger
+from proxy.records import base_record
+
+log = get_logger("proxy.audit")
+
+FILE_NAME = re.compile(r"^audit-([0-9A-Z]{26})-(.+)-(\d+)-(\d{6})\.jsonl(\.gz)?$")
+
+
+class Sink(Protocol):
+    """A place records go. ``plan`` is CPU only; ``flush`` and ``close`` do the I/O."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    async def open(self) -> None: ...
+
+    def plan(self, records: list[dict[str, Any]], chain: Chain) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self, chain: Chain) -> None: ...
+
+
+@dataclass(slots=True)
+class _Chunk:
+    index: int
+    data: bytes
+    seals: bool
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # same pid, other start ULID: an earlier process of ours that is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Truncate a partial last line (a crash mid-write). Returns the bytes removed."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = pos - step + newline + 1
+                break
+            pos -= step
+        else:
+            keep = 0
+        f.truncate(keep)
+        os.fsync(f.fileno())
+        return size - keep
+
+
+class FileSink:
+    """JSON Lines files per writer, rotated at ``rotate_bytes``, sealed, optionally gzipped."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        start_id: str,
+        rotate_bytes: int,
+        compress_rotated: bool = True,
+        fsync_each_batch: bool = True,
+        host: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.rotate_bytes = rotate_bytes
+        self.compress_rotated = compress_rotated
+        self.fsync_each_batch = fsync_each_batch
+        self._host = (host or socket.gethostname()).replace("/", "_")
+        self._prefix = f"audit-{start_id}-{self._host}-{os.getpid()}-"
+        self._index = 1
+        self._size = 0
+        self._planned: deque[_Chunk] = deque()
+        self._file: IO[bytes] | None = None
+        self._file_index = 0
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="audit-io")
+        self._gzip = ThreadPoolExecutor(1, thread_name_prefix="audit-gzip")
+
+    def name(self, index: int) -> str:
+        return f"{self._prefix}{index:06d}.jsonl"
+
+    @property
+    def current_path(self) -> Path:
+        return self.directory / self.name(self._index)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._planned)
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._io, self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.directory.glob("audit-*.jsonl")):
+            m = FILE_NAME.match(path.name)
+            if not m or m.group(2) != self._host or _pid_alive(int(m.group(3))):
+                continue
+            removed = repair_torn_tail(path)
+            if removed:
+                log.warning("audit.torn_line_truncated", file=str(path), bytes_removed=removed)
+
+    def plan(self, records: list[dict[str, Any]], chain: Chain) -> None:
+        lines: list[bytes] = []
+        for record in records:
+            if self._size >= self.rotate_bytes:
+                seal = base_record("seal", time.time())
+                lines.append(chain.seal(seal, reason="rotate", file=self.name(self._index)))
+                self._planned.append(_Chunk(self._index, b"".join(lines), seals=True))
+                lines = []
+                self._index += 1
+                self._size = 0
+            line = chain.link(record)
+            lines.append(line)
+            self._size += len(line)
+        if lines:
+            self._planned.append(_Chunk(self._index, b"".join(lines), seals=False))
+
+    async def flush(self) -> None:
+        if self._planned:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._flush_sync)
+
+    def _flush_sync(self) -> None:
+        while self._planned:
+            chunk = self._planned[0]
+            f = self._file_for(chunk.index)
+            good = f.tell()
+            try:
+                f.write(chunk.data)
+                f.flush()
+                if self.fsync_each_batch or chunk.seals:
+                    os.fsync(f.fileno())
+            except OSError:
+                f.seek(good)
+                f.truncate(good)  # never leave half a batch: the retry rewrites it whole
+                raise
+            self._planned.popleft()
+            if chunk.seals:
+                self._close_file()
+                if self.compress_rotated:
+                    self._gzip.submit(_gzip_file, self.directory / self.name(chunk.index))
+
+    def _file_for(self, index: int) -> IO[bytes]:
+        if self._file is None or self._file_index != index:
+            self._close_file()
+            self._file = (self.directory / self.name(index)).open("ab")
+            self._file_index = index
+        return self._file
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def close(self, chain: Chain) -> None:
+        """Seal the live file (if it has records), write everything planned, fsync, close."""
+        if self._size or self._planned:
+            seal = base_record("seal", time.time())
+            line = chain.seal(seal, reason="shutdown", file=self.name(self._index))
+            self._planned.append(_Chunk(self._index, line, seals=False))
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._finish_sync)
+        finally:
+            self._io.shutdown(wait=True)
+            await loop.run_in_executor(None, self._gzip.shutdown, True)
+
+    def _finish_sync(self) -> None:
+        self._flush_sync()
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+        self._close_file()
+
+
+def _gzip_file(path: Path) -> None:
+    """Compress a sealed file to ``.gz`` next to it, then remove the original (crash-safe order)."""
+    tmp = path.with_name(path.name + ".gz.tmp")
+    try:
+        with path.open("rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.rename(path.with_name(path.name + ".gz"))
+        path.unlink()
+    except OSError as exc:
+        log.error("audit.compress_failed", file=str(path), error=str(exc))
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,170 @@
+"""Upstream clients: one pooled, keep-alive ``ClientSession`` per upstream, and header hygiene.
+
+The only module that opens client sockets. Bodies pass through as bytes: responses are never
+decompressed (``auto_decompress=False``) and aiohttp adds no Accept-Encoding, User-Agent or
+Content-Type of its own, so upstreams see what the client sent and clients get what upstreams sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.exchange import Reply
+from proxy.responses import json_error
+
+# RFC 9110 §7.6.1 connection-specific fields, plus fields a proxy must own itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length"}
+_SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+def _connection_named(headers: Mapping[str, str]) -> frozenset[str]:
+    """Header names listed in ``Connection`` (they are hop-by-hop too)."""
+    named: set[str] = set()
+    for value in headers.getall("Connection", ()) if hasattr(headers, "getall") else ():
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return frozenset(named)
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str], *, client_ip: str | None, proto: str, request_id: str
+) -> CIMultiDict[str]:
+    """Headers to send upstream: end-to-end ones (repeats kept) plus X-Forwarded-* and X-Request-Id."""
+    drop = _NOT_FORWARDED | _connection_named(incoming) if "Connection" in incoming else _NOT_FORWARDED
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    if client_ip:
+        previous = out.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{previous}, {client_ip}" if previous else client_ip
+    out.setdefault("X-Forwarded-Proto", proto)
+    out["X-Request-Id"] = request_id
+    return out
+
+
+def response_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
+    """Upstream response headers to return to the client, hop-by-hop ones removed."""
+    drop = _NOT_RETURNED | _connection_named(incoming) if "Connection" in incoming else _NOT_RETURNED
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
+        return f"cannot connect: {cause}".lower()
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+class Upstream:
+    """A base URL with its own connection pool; :meth:`call` never raises for upstream failures."""
+
+    def __init__(self, base_url: str, timeout_s: float, *, name: str, limit: int = 0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.name = name
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60, ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=_SKIP_AUTO,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout_s: float | None = None,
+    ) -> Reply:
+        """Send one request and read the whole response body; failures become ``Reply.error``."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method,
+                self.base_url + path_qs,
+                headers=headers,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                data = await resp.read()
+                return Reply(
+                    status=resp.status,
+                    headers=resp.headers,
+                    body=data,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    reason=resp.reason,
+                )
+        except TimeoutError:
+            limit = timeout.total if timeout.total is not None else self.timeout_s
+            return Reply(latency_ms=limit * 1000.0, error="timeout", detail=f"no answer within {limit:g}s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Reply(
+                latency_ms=(time.perf_counter() - started) * 1000.0, error="error", detail=_detail(exc)
+            )
+
+    async def stream(
+        self, request: web.Request, headers: Mapping[str, str], body: bytes | None, request_id: str
+    ) -> web.StreamResponse:
+        """Pass a request through untouched and stream the answer back (unrouted traffic)."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+        try:
+            async with self._session.request(
+                request.method, self.base_url + request.raw_path, headers=headers, data=body,
+                timeout=timeout, allow_redirects=False,
+            ) as resp:  # fmt: skip
+                out = web.StreamResponse(status=resp.status, reason=resp.reason)
+                out.headers.extend(response_headers(resp.headers))
+                out.headers["X-Request-Id"] = request_id
+                if resp.content_length is not None:
+                    out.content_length = resp.content_length
+                await out.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+        except TimeoutError:
+            return json_error(504, f"default upstream: no answer within {self.timeout_s:g}s", request_id)
+        except (aiohttp.ClientError, OSError) as exc:
+            return json_error(502, f"default upstream unreachable: {_detail(exc)}", request_id)
