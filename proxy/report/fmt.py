@@ -1,0 +1,76 @@
+"""Small text formatters shared by the table and HTML renderers. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+DASH = "\u2013"  # en dash: "no value" in tables
+
+
+def count(n: int | None) -> str:
+    return DASH if n is None else f"{n:,}"
+
+
+def pct(rate: float | None, places: int = 1) -> str:
+    return DASH if rate is None else f"{rate * 100:.{places}f}%"
+
+
+def interval(p: dict[str, Any]) -> str:
+    """``97.1% [96.4-97.7]`` (an en dash in the output) from a ``{"rate", "low", "high"}`` proportion."""
+    if p["rate"] is None:
+        return DASH
+    return f"{pct(p['rate'])} [{p['low'] * 100:.1f}{DASH}{p['high'] * 100:.1f}]"
+
+
+def num(x: float | None, places: int = 2) -> str:
+    return DASH if x is None else f"{x:,.{places}f}"
+
+
+def ms(x: float | None) -> str:
+    if x is None:
+        return DASH
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def value(v: Any) -> str:
+    """A decision or group value for display: strings bare, everything else as JSON."""
+    if isinstance(v, str):
+        return v
+    return orjson.dumps(v).decode()
+
+
+def key(group: dict[str, Any], by: str | None) -> str:
+    """The group column: its --by value, or ``all`` for a route x stage total."""
+    if by is None:
+        return ""
+    return "all" if group.get("total") else ("(none)" if group["key"] is None else value(group["key"]))
+
+
+def counts(d: dict[str, int]) -> str:
+    """``rate 3, cost 1`` (largest first), or a dash."""
+    if not d:
+        return DASH
+    return ", ".join(f"{k} {n:,}" for k, n in sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def evidence(e: Any) -> str:
+    """Transition evidence on one line: ``samples=2400 agreement=0.971``."""
+    if isinstance(e, dict):
+        return " ".join(f"{k}={value(v)}" for k, v in e.items())
+    return "" if e is None else value(e)
+
+
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for a table: without ``--by`` the route x stage totals; with it, each route x stage's
+    groups followed by its total (marked ``"total": True``).
+    """
+    if report["by"] is None:
+        return report["totals"]
+    out: list[dict[str, Any]] = []
+    for total in report["totals"]:
+        pair = (total["route"], total["stage"])
+        out.extend(g for g in report["groups"] if (g["route"], g["stage"]) == pair)
+        out.append(total | {"total": True})
+    return out
