@@ -8,14 +8,41 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import jmespath
-from jmespath.exceptions import JMESPathError
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from jmespath.exceptions import (
+    EmptyExpressionError,
+    IncompleteExpressionError,
+    JMESPathError,
+    LexerError,
+    ParseError,
+)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from proxy.stages import Stage
 from proxy.units import Rate, parse_duration, parse_rate
+
+
+class FieldProblem(ValueError):
+    """A problem a model-level check finds in one of the model's fields.
+
+    ``loc`` is the field's path below the model (``("tolerance",)``, ``(1, "name")``); the loader
+    appends it to the model's own path, so the user sees ``routes[0].decision.tolerance``.
+    """
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
 
 # --- field types ------------------------------------------------------------------------------
 
@@ -28,13 +55,36 @@ def _jmespath(expr: str) -> str:
     try:
         jmespath.compile(expr)
     except JMESPathError as exc:
-        detail = str(exc).splitlines()[0]
-        raise ValueError(f"{expr!r} is not a valid JMESPath expression ({detail})") from None
+        raise ValueError(f"{expr!r} is not a valid JMESPath expression ({_jmespath_detail(exc)})") from None
     return expr
 
 
+def _jmespath_detail(exc: JMESPathError) -> str:
+    """What is wrong and where, in words (jmespath's own text spans three lines with a caret)."""
+    if isinstance(exc, EmptyExpressionError):
+        return "it is empty"
+    if isinstance(exc, LexerError):
+        return f"{exc.message[:1].lower()}{exc.message[1:]} at character {exc.lexer_position + 1}"
+    if isinstance(exc, IncompleteExpressionError) or getattr(exc, "token_type", None) == "EOF":
+        return "it ends too soon"
+    if isinstance(exc, ParseError):
+        return f"unexpected {exc.token_value!r} at character {exc.lex_position + 1}"
+    return str(exc).splitlines()[0]
+
+
+def _split(url: str) -> SplitResult:
+    """urlsplit, with its errors (bad IPv6 literal, port out of range) naming the URL."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number in 0..65535
+    except ValueError as exc:
+        detail = str(exc)
+        raise ValueError(f"{url!r} is not a valid URL ({detail[:1].lower()}{detail[1:]})") from None
+    return parts
+
+
 def _http_url(url: str) -> str:
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// or https:// URL")
     if parts.query or parts.fragment:
@@ -43,20 +93,20 @@ def _http_url(url: str) -> str:
 
 
 def _store_url(url: str) -> str:
-    if url == "memory://" or urlsplit(url).scheme in ("redis", "rediss", "unix"):
+    if url == "memory://" or _split(url).scheme in ("redis", "rediss", "unix"):
         return url
     raise ValueError(f"{url!r} is not a store URL (use memory:// or redis://host:6379/0)")
 
 
 def _sink_url(url: str) -> str:
-    scheme = urlsplit(url).scheme
+    scheme = _split(url).scheme
     if scheme == "file" and len(url) > len("file://"):
         return url
     if scheme in ("redis", "rediss"):
         segments = [s for s in urlsplit(url).path.split("/") if s]
         if len(segments) == 2 and segments[0].isdigit():
             return url
-        raise ValueError(f"{url!r}: a Redis audit sink is redis://host:port/DB/STREAM")
+        raise ValueError(f"{url!r} is not a Redis audit sink (use redis://host:port/DB/STREAM)")
     raise ValueError(f"{url!r} is not an audit sink (use file://DIR or redis://host:port/DB/STREAM)")
 
 
@@ -71,9 +121,31 @@ def _redact_path(path: str) -> str:
     return path
 
 
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+def _route_name(name: str) -> str:
+    if not _ROUTE_NAME.match(name):
+        raise ValueError(
+            f"{name!r} is not a route name (1 to 63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit)"
+        )
+    return name
+
+
+def _path_prefix(prefix: str) -> str:
+    if not prefix.startswith("/"):
+        raise ValueError(f"{prefix!r} is not a path prefix (it starts with /, e.g. /v1/decide)")
+    return prefix
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 JMESPath = Annotated[str, AfterValidator(_jmespath)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
-RouteName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")]
+RouteName = Annotated[str, AfterValidator(_route_name)]
 
 
 class Strict(BaseModel):
@@ -102,7 +174,9 @@ class Admin(Strict):
 
 
 class Log(Strict):
-    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
+        "info", description="Lowest level logged (any case: INFO is info)."
+    )
     format: Literal["json", "console"] | None = Field(
         None, description="json or console; unset means console on a terminal, json otherwise."
     )
@@ -145,7 +219,9 @@ class Shutdown(Strict):
 
 
 class Match(Strict):
-    path_prefix: str = Field("/", pattern=r"^/", description="Requests whose path starts with this.")
+    path_prefix: Annotated[str, AfterValidator(_path_prefix)] = Field(
+        "/", description="Requests whose path starts with this."
+    )
     methods: list[Annotated[str, AfterValidator(str.upper)]] | None = Field(
         None, description="HTTP methods matched; unset matches every method."
     )
@@ -183,9 +259,9 @@ class Decision(Strict):
     @model_validator(mode="after")
     def _compare_args(self) -> Decision:
         if self.compare == "numeric" and self.tolerance is None:
-            raise ValueError("compare: numeric needs tolerance (e.g. tolerance: 0.01)")
+            raise FieldProblem(("tolerance",), "required with compare: numeric (e.g. tolerance: 0.01)")
         if self.compare == "map" and not self.map:
-            raise ValueError("compare: map needs map (model label: primary label)")
+            raise FieldProblem(("map",), "required with compare: map (model label: primary label)")
         return self
 
 
@@ -259,14 +335,17 @@ class Config(Strict):
     default_upstream: HttpUrl | None = Field(None, description="Where unmatched requests go (else 404).")
     routes: list[Route] = Field(default_factory=list, description="Routed decision endpoints.")
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Config:
-        seen: set[str] = set()
-        for route in self.routes:
+    @field_validator("routes")
+    @classmethod
+    def _unique_names(cls, routes: list[Route]) -> list[Route]:
+        seen: dict[str, int] = {}
+        for i, route in enumerate(routes):
             if route.name in seen:
-                raise ValueError(f"route name {route.name!r} is used twice")
-            seen.add(route.name)
-        return self
+                raise FieldProblem(
+                    (i, "name"), f"{route.name!r} is already the name of routes[{seen[route.name]}]"
+                )
+            seen[route.name] = i
+        return routes
 
 
 # --- policies (SPEC §6) -----------------------------------------------------------------------

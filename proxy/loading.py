@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -19,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from proxy.config import Config, Policy
+from proxy.config import Config, FieldProblem, Policy
+from proxy.units import format_duration, parse_duration
 
 ENV_PREFIX = "SHADOW_PROXY_"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,6 +66,13 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.MarkedYAMLError(
+                problem="a key must be a single value, not a list or mapping",
+                problem_mark=key_node.start_mark,
+            ) from None
         if key in seen:
             mark = key_node.start_mark
             raise yaml.MarkedYAMLError(problem=f"key {key!r} appears twice", problem_mark=mark)
@@ -73,6 +82,22 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+# Only true/false are booleans (as in YAML 1.2 and JSON). YAML 1.1 also reads yes/no/on/off/y/n as
+# booleans, which would silently turn a decision label such as ``no`` (in ``decision.map``, a route
+# name, a model version) into ``False``. Boolean settings still accept yes/no/on/off as text.
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 def read_yaml(path: Path, label: str) -> dict[str, Any]:
     """Parse a YAML mapping; raise ConfigError naming the file, line and column."""
@@ -80,10 +105,14 @@ def read_yaml(path: Path, label: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{label}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{label}: cannot read ({exc})"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{label}: is a folder, not a file"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{label}: is not UTF-8 text"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{label}: cannot read ({exc.strerror or exc})"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -124,7 +153,7 @@ def _env_value(raw: str, target: Any) -> Any:
     if target is str:
         return raw
     try:
-        value = yaml.safe_load(raw)
+        value = _load_yaml(raw)
     except yaml.YAMLError:
         return raw
     return value if not isinstance(value, dict) else raw
@@ -194,8 +223,48 @@ def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
     return model
 
 
+def _field_info(root: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    parent = _model_at(root, loc[:-1])
+    if loc and _is_model(parent):
+        return parent.model_fields.get(loc[-1])
+    return None
+
+
+def _is_duration(info: Any) -> bool:
+    """Whether a field (or its Optional/Annotated type) is parsed by :func:`parse_duration`."""
+    stack = [*getattr(info, "metadata", []), getattr(info, "annotation", None)]
+    while stack:
+        item = stack.pop()
+        if getattr(item, "func", None) is parse_duration:
+            return True
+        stack.extend(typing.get_args(item))
+        stack.extend(getattr(item, "__metadata__", ()))
+    return False
+
+
+def _describe(value: Any) -> str:
+    """A value in the user's (YAML) words."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+_LIMITS = {
+    "greater_than": ("gt", "more than"),
+    "greater_than_equal": ("ge", "at least"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "at most"),
+}
+
+
 def _message(err: Mapping[str, Any], root: type[BaseModel]) -> str:
-    kind, loc = err["type"], err["loc"]
+    kind, loc, value = err["type"], err["loc"], err.get("input")
     if kind == "extra_forbidden":
         parent = _model_at(root, loc[:-1])
         known = list(parent.model_fields) if _is_model(parent) else []
@@ -204,21 +273,74 @@ def _message(err: Mapping[str, Any], root: type[BaseModel]) -> str:
         return "unknown key" + (hint if known else "")
     if kind == "missing":
         return "required but missing"
+    if kind == "invalid_key":
+        return f"{_describe(value)} is not a setting name (setting names are text)"
     if kind == "value_error":
         return str(err["ctx"]["error"])
     if kind in ("literal_error", "enum"):
-        return f"{err['input']!r} is not one of {err['ctx']['expected']}"
+        return f"{_describe(value)} is not one of {err['ctx']['expected']}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        if value is None:
+            return "empty (expected a mapping of settings)"
+        return f"expected a mapping of settings, not {_describe(value)}"
+    if kind == "list_type":
+        return "empty (expected a list)" if value is None else f"expected a list, not {_describe(value)}"
+    if value is None:
+        return "empty (a value is needed)"
+    if kind == "string_type":
+        if isinstance(value, bool):
+            return f"{_describe(value)} is a boolean, not text (put it in quotes)"
+        if isinstance(value, int | float):
+            return f"{value!r} is a number, not text (put it in quotes)"
+        return f"expected text, not {_describe(value)}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{_describe(value)} is not a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return f"{_describe(value)} is not a number"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{_describe(value)} is not true or false"
+    if kind in _LIMITS:
+        key, words = _LIMITS[kind]
+        limit = err["ctx"][key]
+        if _is_duration(_field_info(root, loc)):
+            got = format_duration(value) if isinstance(value, int | float) else str(value)
+            return f"must be {words} {format_duration(limit)} (got {got})"
+        shown = f"{limit:g}" if isinstance(limit, int | float) else str(limit)
+        return f"must be {words} {shown} (got {_describe(value)})"
     msg = err["msg"].replace("Input should be", "should be").replace("Value error, ", "")
-    return f"{err['input']!r}: {msg}" if not isinstance(err["input"], dict | list) else msg
+    return f"{_describe(value)}: {msg}" if not isinstance(value, dict | list) else msg
 
 
-def _problems(label: str, exc: ValidationError, root: type[BaseModel], env: Mapping[str, str]) -> list[str]:
+def _env_source(where: str, env: Mapping[str, str]) -> str | None:
+    """The variable that set ``where`` or a value above it (``audit.redact`` for ``audit.redact[0]``)."""
+    for path, name in env.items():
+        if where == path or where.startswith((path + ".", path + "[")):
+            return name
+    return None
+
+
+def _problems(
+    label: str,
+    exc: ValidationError,
+    root: type[BaseModel],
+    env: Mapping[str, str],
+    single_rollback: bool = False,
+) -> list[str]:
     lines = []
     for err in exc.errors():
-        where = _dotted(err["loc"])
-        source = f" (from {env[where]})" if where in env else ""
-        prefix = f"{label}: {where}{source}: " if where else f"{label}: "
-        lines.append(prefix + _message(err, root))
+        loc = tuple(err["loc"])
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, FieldProblem):
+            loc += error.loc
+        if err["type"] == "invalid_key":
+            loc = loc[:-1]  # the key itself is the problem, not a field under it
+        if single_rollback and loc[:2] == ("rollback", 0):
+            loc = ("rollback", *loc[2:])  # the file gave one rule as a mapping, not a list
+        where = _dotted(loc)
+        source = _env_source(where, env) if where else None
+        tag = f" (from {source})" if source else ""
+        prefix = f"{label}: {where}{tag}: " if where else f"{label}: "
+        lines.append(prefix + _message({**err, "loc": loc}, root))
     return lines
 
 
@@ -250,52 +372,87 @@ def load_policy(path: Path, label: str | None = None) -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems(label, exc, Policy, {})) from None
+        single = isinstance(raw.get("rollback"), dict)
+        raise ConfigError(_problems(label, exc, Policy, {}, single_rollback=single)) from None
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Loaded:
-    """Load, override from the environment, validate, resolve paths and policies."""
+    """Load, override from the environment, validate, resolve paths and policies.
+
+    Every problem is reported at once: an invalid config still has the policies it names checked.
+    """
     label = str(path)
     path = Path(path)
     raw = read_yaml(path, label)
     env = apply_env_overrides(raw, os.environ if environ is None else environ)
+    base = path.resolve().parent
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems(label, exc, Config, env)) from None
-    base = path.resolve().parent
+        problems = _problems(label, exc, Config, env)
+        routes = raw.get("routes")
+        refs = [
+            (i, route["policy"])
+            for i, route in enumerate(routes if isinstance(routes, list) else [])
+            if isinstance(route, dict) and isinstance(route.get("policy"), str)
+        ]
+        problems += _check_policies(refs, base, label)[2]
+        raise ConfigError(problems) from None
     return _load_policies(_resolve_dirs(config, base), path, base, label)
 
 
-def _load_policies(config: Config, path: Path | None, base: Path, label: str) -> Loaded:
+def _policy_label(value: str, found: Path, base: Path, label: str) -> str:
+    """How to name a policy file in messages: as the user could open it, or the shipped file's path."""
+    if (base / value).is_file():
+        return os.path.normpath(os.path.join(os.path.dirname(label), value))
+    return str(found)
+
+
+def _check_policies(
+    refs: list[tuple[int, str]], base: Path, label: str
+) -> tuple[dict[int, Policy], dict[int, Path], list[str]]:
+    """Find and validate each route's policy: (route index -> policy, -> file, problems)."""
     problems: list[str] = []
-    policies: dict[str, Policy] = {}
-    files: dict[str, Path] = {}
+    policies: dict[int, Policy] = {}
+    files: dict[int, Path] = {}
     cache: dict[Path, Policy | None] = {}
-    for i, route in enumerate(config.routes):
-        if route.policy is None:
-            continue
-        found = _policy_path(route.policy, base)
+    for i, value in refs:
+        found = _policy_path(value, base)
         if found is None:
-            names = ", ".join(shipped_policies()) or "none"
+            looked = os.path.normpath(os.path.join(os.path.dirname(label), value))
+            where = f" ({looked})" if looked != value else ""
+            names = shipped_policies()
+            shipped = f"shipped: {', '.join(names)}" if names else "none is shipped"
             problems.append(
-                f"{label}: routes[{i}].policy: {route.policy!r} is neither a file next to {label} "
-                f"nor a shipped policy ({names})"
+                f"{label}: routes[{i}].policy: {value!r} is neither a file{where} "
+                f"nor a shipped policy ({shipped})"
             )
             continue
         if found not in cache:
-            shown = route.policy if (base / route.policy).is_file() else str(found)
             try:
-                cache[found] = load_policy(found, shown)
+                cache[found] = load_policy(found, _policy_label(value, found, base, label))
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 cache[found] = None
-        if cache[found] is not None:
-            policies[route.name] = cache[found]  # type: ignore[assignment]
-            files[route.name] = found
+        policy = cache[found]
+        if policy is not None:
+            policies[i] = policy
+            files[i] = found
+    return policies, files, problems
+
+
+def _load_policies(config: Config, path: Path | None, base: Path, label: str) -> Loaded:
+    refs = [(i, route.policy) for i, route in enumerate(config.routes) if route.policy is not None]
+    policies, files, problems = _check_policies(refs, base, label)
     if problems:
         raise ConfigError(problems)
-    return Loaded(config=config, path=path, policies=policies, policy_files=files)
+    names = [route.name for route in config.routes]
+    return Loaded(
+        config=config,
+        path=path,
+        policies={names[i]: policy for i, policy in policies.items()},
+        policy_files={names[i]: file for i, file in files.items()},
+    )
 
 
 def loaded_from_config(config: Config, base: Path | None = None) -> Loaded:

@@ -1,4 +1,4 @@
-"""Durations, rates and sizes as users write them in YAML, parsed into plain numbers.
+"""Durations and rates as users write them in YAML, parsed into plain numbers.
 
 Durations: ``250ms``, ``30s``, ``10m``, ``1h``, ``1d`` (a number and one unit; decimals allowed).
 Rates: ``200/s``, ``5000/m``, ``100/h``. Parsed values are seconds and calls per second.
@@ -21,21 +21,30 @@ RATE_HINT = "use 200/s, 5000/m"
 
 def parse_duration(text: object) -> float:
     """Return the duration in seconds; raise ValueError with a user-facing message."""
-    if isinstance(text, bool) or not isinstance(text, str):
+    if text is None:
+        raise ValueError(f"empty: no duration given ({DURATION_HINT})")
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration: add a unit ({DURATION_HINT})")
+    if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a duration ({DURATION_HINT})")
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"{text!r} is not a duration ({DURATION_HINT})")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    number, unit = m.group(1), m.group(2)
+    if unit == "ms":  # divide, so that 300ms is exactly 0.3 and format_duration round-trips
+        return float(number) / 1000
+    return float(number) * _DURATION_UNITS[unit]
 
 
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of a duration, for messages and evidence."""
+    if seconds == 0:
+        return "0s"
     for unit in ("d", "h", "m", "s"):
         size = _DURATION_UNITS[unit]
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000, 3):g}ms"
+    return f"{seconds * 1000:.3f}".rstrip("0").rstrip(".") + "ms"  # never 1e+06ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,10 @@ def parse_rate(text: object) -> Rate:
     """Parse ``N/s``, ``N/m`` or ``N/h``; raise ValueError with a user-facing message."""
     if isinstance(text, Rate):
         return text
+    if text is None:
+        raise ValueError(f"empty: no rate given ({RATE_HINT})")
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a rate: say per what ({RATE_HINT})")
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a rate ({RATE_HINT})")
     m = _RATE.match(text)
