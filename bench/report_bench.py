@@ -261,10 +261,12 @@ def main() -> int:
             print(f"generated {args.records:,} decisions in {time.perf_counter() - t0:.1f} s into {folder}")
         size = sum(p.stat().st_size for p in folder.iterdir())
         out = Path(tmp) / f"report.{args.format}"
+        # VmHWM: the child's own peak RSS (ru_maxrss would include the forked parent's, kept across exec)
         code = (
-            "import argparse, resource, sys; from proxy import report; p = argparse.ArgumentParser(); "
+            "import argparse, sys; from proxy import report; p = argparse.ArgumentParser(); "
             "report.add_arguments(p); rc = report.run(p.parse_args(sys.argv[1:])); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]); "
+            "sys.exit(rc)"
         )
         cmd = [
             sys.executable,
@@ -281,7 +283,7 @@ def main() -> int:
         t0 = time.perf_counter()
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        peak_mib = int(done.stdout.split()[-1]) / 1024  # the child's own peak (not the forked parent's)
+        peak_mib = int(done.stdout.split()[-1]) / 1024
         print(
             f"report of {args.records:,} decisions ({size / 2**20:,.0f} MiB on disk, --format {args.format} "
             f"--by {args.by}): {wall:.1f} s, {args.records / wall:,.0f} decisions/s, "

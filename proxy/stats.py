@@ -74,10 +74,10 @@ def cohen_kappa(confusion: Mapping[tuple[Hashable, Hashable], int]) -> float | N
 
 def bucket_of(ms: float) -> int:
     """Histogram bucket index of a latency in milliseconds (see the module docstring for the formula)."""
-    if not math.isfinite(ms):
-        raise ValueError(f"latency must be finite, got {ms!r}")
     if ms <= MIN_MS:
         return 0
+    if not ms < math.inf:
+        raise ValueError(f"latency must be finite, got {ms!r}")
     return max(1, math.ceil(math.log(ms / MIN_MS) / _LOG_GAMMA))
 
 

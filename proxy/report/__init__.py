@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from proxy.report.aggregate import Aggregator, Scope, collect_outcomes
 from proxy.report.groups import BadRecord, Judge, label
-from proxy.report.read import ReportError, Seen, Where, audit_files, records
+from proxy.report.read import ReportError, Seen, Where, audit_files, lines_containing, records
 from proxy.report.summary import summarize
 from proxy.report.times import parse_bound
 
@@ -52,20 +54,28 @@ def build_report(
         if on_bad is not None:
             on_bad(where, reason)
 
-    outcomes = collect_outcomes(r for r, _ in records(files, lambda w, r: None, only=b"outcome"))
+    outcomes = collect_outcomes(_parsed(lines_containing(files, b'"outcome"')))
     agg = Aggregator(scope or Scope(), outcomes, judges)
     seen, duplicates = Seen(), 0
-    for record, where in records(files, bad):
+    for record, name, number in records(files, bad):
         if not seen.first_time(record):
             duplicates += 1
             continue
         try:
             agg.add(record)
         except BadRecord as exc:
-            bad(where, str(exc))
+            bad(Where(name, number), str(exc))
     agg.finish()
     inputs = {"files": len(files), "malformed": malformed, "duplicates": duplicates}
     return summarize(agg, inputs, top_labels=top_labels)
+
+
+def _parsed(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            record = orjson.loads(line)
+            if type(record) is dict:
+                yield record
 
 
 def judges_from_config(config: Any) -> dict[str, Judge]:

@@ -71,6 +71,9 @@ class Aggregator:
         self.counts = dict.fromkeys(
             ("records", "decisions", "transitions", "outcomes", "seals", "other", "out_of_scope"), 0
         )
+        self._filtered = bool(scope.routes or scope.since or scope.until)
+        self._cell_key: tuple[str, str] = ("", "")
+        self._cell: list[int] = [0, 0]
         # request id -> (ts, group, primary decision, model decision) of its latest decision
         self._latest: dict[str, tuple[str, GroupKey, Any, Any]] = {}
 
@@ -92,9 +95,11 @@ class Aggregator:
     def _decision(self, record: dict[str, Any]) -> None:
         route, primary, model = record.get("route"), record.get("primary"), record.get("model")
         if not (isinstance(route, str) and isinstance(primary, dict) and isinstance(model, dict)):
-            raise BadRecord("decision record without route, primary or model")
+            wanted = {"route": str, "primary": dict, "model": dict}
+            missing = [k for k, kind in wanted.items() if not isinstance(record.get(k), kind)]
+            raise BadRecord(f"decision record without {' or '.join(missing)}")
         ts = _ts(record)
-        if not self.scope.admits(route, ts):
+        if self._filtered and not self.scope.admits(route, ts):
             self.counts["out_of_scope"] += 1
             return
         self.counts["decisions"] += 1
@@ -104,10 +109,16 @@ class Aggregator:
             group = self.groups[key] = GroupStats()
         agree = group.add(record, primary, model, ts, self.judges.get(route, DEFAULT_JUDGE))
         if agree is not None:
-            cell = self.timeline.setdefault(route, {}).setdefault(ts[:16], [0, 0])
+            cell = self._timeline_cell(route, ts[:16])
             cell[0] += 1
             cell[1] += agree
         self._join(record, ts, key, primary, model, group)
+
+    def _timeline_cell(self, route: str, minute: str) -> list[int]:
+        if (route, minute) != self._cell_key:  # records come in time order: mostly the same cell
+            self._cell_key = (route, minute)
+            self._cell = self.timeline.setdefault(route, {}).setdefault(minute, [0, 0])
+        return self._cell
 
     def _group_value(self, record: dict[str, Any], ts: str) -> str | None:
         by = self.scope.by

@@ -74,3 +74,62 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.extend(g for g in report["groups"] if (g["route"], g["stage"]) == pair)
         out.append(total | {"total": True})
     return out
+
+
+# --- the report's tables: (title, value columns, row -> cells), shared by the table and HTML renderers
+
+
+def _agreement(r: dict[str, Any]) -> list[str]:
+    return [
+        count(r["requests"]),
+        count(r["samples"]),
+        interval(r["agreement"]),
+        num(r["kappa"], 3),
+        count(r["unpaired"]),
+        count(r["excluded"]),
+    ]
+
+
+def _model(r: dict[str, Any]) -> list[str]:
+    m = r["model"]
+    return [
+        count(m["attempted"]),
+        count(m["ok"]),
+        count(m["error"]),
+        count(m["timeout"]),
+        count(m["invalid"]),
+        pct(m["error_rate"], 2),
+        counts(m["skipped"]),
+        counts(r["fallback"]),
+    ]
+
+
+def _latency(r: dict[str, Any]) -> list[str]:
+    p, m = r["latency_ms"]["primary"], r["latency_ms"]["model"]
+    quantiles = [ms(side[q]) for side in (p, m) for q in ("p50", "p95", "p99")]
+    return [*quantiles, num(r["cost"]["total"], 4), num(r["cost"]["per_1k_requests"], 4)]
+
+
+def _outcomes(r: dict[str, Any]) -> list[str]:
+    o = r["outcomes"]
+    return [count(o["matched"]), count(o["awaiting"]), interval(o["primary"]), interval(o["model"])]
+
+
+TABLES = (
+    (
+        "Agreement (Wilson 95% interval)",
+        ["requests", "samples", "agreement", "kappa", "unpaired", "excluded"],
+        _agreement,
+    ),
+    (
+        "Model calls",
+        ["attempted", "ok", "error", "timeout", "invalid", "error rate", "skipped", "fallbacks"],
+        _model,
+    ),
+    (
+        "Latency (ms) and cost",
+        ["primary p50", "p95", "p99", "model p50", "p95", "p99", "cost", "per 1k req"],
+        _latency,
+    ),
+    ("Accuracy against outcomes", ["matched", "awaiting", "primary accuracy", "model accuracy"], _outcomes),
+)

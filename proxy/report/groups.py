@@ -27,8 +27,18 @@ class BadRecord(Exception):
     """A record that parses as JSON but lacks what its type needs; reported like a malformed line."""
 
 
+_STRING_LABELS: dict[str, str] = {}  # the few labels most routes use, serialised once
+
+
 def label(value: Any) -> str:
     """Canonical JSON text of a decision or group value."""
+    if type(value) is str:
+        text = _STRING_LABELS.get(value)
+        if text is None:
+            text = orjson.dumps(value).decode()
+            if len(_STRING_LABELS) < 4096:
+                _STRING_LABELS[value] = text
+        return text
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 

@@ -1,18 +1,17 @@
 """Reading audit trails for the report: files and folders, JSON Lines, gzip, de-duplication.
 
-The only I/O of the report besides writing its output. Records stream one at a time; nothing here
-holds more than one line, except :class:`Seen`, whose memory grows with writers and gaps, not records.
+The only I/O of the report besides writing its output. Records stream chunk by chunk (a few MiB at
+most in memory); :class:`Seen` grows with writers and gaps, not with records.
 """
 
 from __future__ import annotations
 
 import bisect
-import gzip
-import io
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -57,55 +56,98 @@ def audit_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _open(path: Path) -> IO[bytes]:
-    with path.open("rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return io.BufferedReader(gzip.GzipFile(path), buffer_size=1 << 20)  # type: ignore[arg-type]
-    return path.open("rb", buffering=1 << 20)
+CHUNK = 1 << 20
 
 
-def read_lines(files: Iterable[Path], on_bad: OnBad) -> Iterator[tuple[bytes, Path, int]]:
-    """Yield ``(line, path, number)`` for every non-blank line. A file that cannot be opened or
-    decompressed is reported to ``on_bad`` (with the line it broke at) and the next file is read.
+def _gunzip() -> Any:
+    return zlib.decompressobj(zlib.MAX_WBITS | 16)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's bytes in chunks of a few MiB, gunzipped when it starts with the gzip magic number
+    (any number of gzip members). Raises EOFError for a gzip stream cut short, zlib.error for a broken one.
+    """
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        if not gzipped:
+            while chunk := f.read(CHUNK):
+                yield chunk
+            return
+        d, pending, started = _gunzip(), b"", False
+        while raw := d.unconsumed_tail or pending or f.read(CHUNK):
+            pending, started = b"", True
+            # max_length bounds the output a chunk can expand to, whatever the compression ratio
+            if out := d.decompress(raw, 4 * CHUNK):
+                yield out
+            if d.eof:
+                d, pending, started = _gunzip(), d.unused_data, False
+        if started:
+            raise EOFError("compressed file ends before the end of its stream")
+
+
+def read_lines(files: Iterable[Path], on_bad: OnBad) -> Iterator[tuple[bytes, str, int]]:
+    """Yield ``(line, file name, line number)`` for every non-blank line. A file that cannot be read
+    or decompressed is reported to ``on_bad`` (at the line it broke at) and the next file is read.
     """
     for path in files:
-        number = 0
+        name, number, carry = str(path), 0, b""
         try:
-            with _open(path) as stream:
-                for number, line in enumerate(stream, 1):
-                    if line.strip():
-                        yield line, path, number
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            on_bad(Where(str(path), number + 1), f"cannot read further ({exc})")
+            for chunk in _chunks(path):
+                lines = (carry + chunk).split(b"\n")
+                carry = lines.pop()
+                for line in lines:
+                    number += 1
+                    if line and not line.isspace():
+                        yield line, name, number
+            if carry and not carry.isspace():
+                number += 1
+                yield carry, name, number
+        except (OSError, EOFError, zlib.error) as exc:
+            on_bad(Where(name, number + 1), f"cannot read further ({exc})")
 
 
-def parse(line: bytes) -> dict[str, Any] | str:
-    """The record on ``line``, or why it is not one (a string)."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        return f"not JSON ({str(exc).split(':', 1)[0]})"
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if not isinstance(record.get("type"), str):
-        return "no record type"
-    return record
-
-
-def records(files: Iterable[Path], on_bad: OnBad, only: bytes | None = None) -> Iterator[tuple[dict, Where]]:
-    """Every record of ``files`` in order with where it is; malformed lines go to ``on_bad``.
-
-    ``only``: skip lines not containing these bytes before parsing them (a cheap pre-filter).
+def records(files: Iterable[Path], on_bad: OnBad) -> Iterator[tuple[dict[str, Any], str, int]]:
+    """Every record of ``files`` in order, as ``(record, file name, line number)``; a line that is
+    not a JSON object with a string ``type`` goes to ``on_bad`` instead.
     """
-    for line, path, number in read_lines(files, on_bad):
-        if only is not None and only not in line:
+    loads = orjson.loads
+    for line, name, number in read_lines(files, on_bad):
+        try:
+            record = loads(line)
+        except orjson.JSONDecodeError as exc:
+            on_bad(Where(name, number), f"not JSON ({str(exc).split(':', 1)[0]})")
             continue
-        record = parse(line)
-        if isinstance(record, str):
-            on_bad(Where(str(path), number), record)
-        else:
-            yield record, Where(str(path), number)
+        if type(record) is not dict or type(record.get("type")) is not str:
+            on_bad(Where(name, number), "not an audit record (a JSON object with a type)")
+            continue
+        yield record, name, number
+
+
+def lines_containing(files: Iterable[Path], needle: bytes) -> Iterator[bytes]:
+    """The lines that contain ``needle``, found by searching whole chunks (cheap: no per-line work
+    where the needle is absent). Unreadable files are skipped silently: the main pass reports them.
+    """
+    for path in files:
+        carry = b""
+        try:
+            for chunk in _chunks(path):
+                first, last = chunk.find(b"\n"), chunk.rfind(b"\n")
+                if first < 0:
+                    carry += chunk
+                    continue
+                if needle in (line := carry + chunk[:first]):  # the line begun in the previous chunk
+                    yield line
+                hit = chunk.find(needle, first, last)
+                while hit >= 0:
+                    end = chunk.find(b"\n", hit)
+                    yield chunk[chunk.rfind(b"\n", 0, hit) + 1 : end]
+                    hit = chunk.find(needle, end, last)
+                carry = chunk[last + 1 :]
+            if needle in carry:
+                yield carry
+        except (OSError, EOFError, zlib.error):
+            continue
 
 
 class Seen:
