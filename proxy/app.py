@@ -56,9 +56,7 @@ class ShadowProxy:
         self.background = TaskOwner("background")
         self._rng, self._clock = rng, clock
         self.routes = RouteTable([self._route(r) for r in config.routes])
-        self.default = (
-            Upstream(config.default_upstream, 30.0, name="default") if config.default_upstream else None
-        )
+        self.default = Upstream(config.default_upstream, 30.0, name="default") if config.default_upstream else None
         self.recorder = Recorder(
             self._sink(),
             Chain(self.writer),
@@ -156,6 +154,13 @@ class ShadowProxy:
         await self.recorder.sink.open()
         self._recorder_task = self.background.spawn(self.recorder.run(), name="audit-writer")
 
+    async def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait until in-flight model calls finish and their records are written (tests, demo)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        await self.model_tasks.wait(timeout_s)
+        await asyncio.wait_for(self.recorder.wait_idle(), max(0.1, deadline - loop.time()))
+
     async def stop(self) -> None:
         """After client traffic has stopped: drain model calls, then write and seal the audit trail."""
         grace = self.config.shutdown.mirror_grace
@@ -175,10 +180,8 @@ class ShadowProxy:
     # --- aiohttp applications -----------------------------------------------------------------
 
     def proxy_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.config.max_body_bytes, handler_args={"max_field_size": 16384}
-        )
-        app.router.add_route("*", "/{tail:.*}", self.handler)
+        app = web.Application(client_max_size=self.config.max_body_bytes, handler_args={"max_field_size": 16384})
+        app.router.add_route("*", "/{tail:.*}", self.handler.__call__)
         return app
 
     def admin_app(self) -> web.Application:

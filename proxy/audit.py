@@ -12,6 +12,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -22,9 +23,13 @@ _SORTED = orjson.OPT_SORT_KEYS
 
 
 def num(value: float) -> float | int:
-    """A float as RFC 8785 prints it: integral values (below 1e21) become ints, -0.0 becomes 0."""
+    """A float as RFC 8785 prints it: integral values (below 1e21) become ints, -0.0 becomes 0.
+
+    Above 2**53 an integral float's exact binary value is not what ECMAScript prints: it prints the
+    shortest round-trip digits padded with zeros (5.573253948024485e16 -> 55732539480244850).
+    """
     if value.is_integer() and -1e21 < value < 1e21:
-        return int(value)
+        return int(value) if -(2**53) < value < 2**53 else int(Decimal(repr(value)))
     return value
 
 

@@ -56,6 +56,7 @@ class Recorder:
         self._closing = False
         self._failures = 0
         self._observers: list[Observer] = []
+        self._idle = asyncio.Event()
         self.dropped = 0
         self.written = 0
 
@@ -87,7 +88,10 @@ class Recorder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
+            self._idle.clear()
             await self._drain()
+            if not self._queue and not self.sink.pending:
+                self._idle.set()
             if self._closing and not self._queue and not self.sink.pending:
                 return
 
@@ -131,6 +135,12 @@ class Recorder:
         except Exception as exc:  # one bad exchange must not stop the trail
             log.exception("audit.build_failed", route=getattr(item.route, "name", None), error=str(exc))
             return None
+
+    async def wait_idle(self) -> None:
+        """Return once everything submitted so far is written (for tests and the demo)."""
+        self._idle.clear()
+        self._wake.set()
+        await self._idle.wait()
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Write everything queued, seal, fsync. Called after client traffic and model calls stop."""

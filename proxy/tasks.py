@@ -29,15 +29,17 @@ class TaskOwner:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for the tasks (and tasks they spawn), then cancel the rest.
-
-        Returns how many had to be cancelled.
-        """
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the tasks (and tasks they spawn); True when none is left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._tasks and loop.time() < deadline:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        return not self._tasks
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the tasks, then cancel the rest; returns how many were cancelled."""
+        await self.wait(timeout_s)
         return await self.cancel()
 
     async def cancel(self) -> int:

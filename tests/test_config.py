@@ -21,73 +21,8 @@ from proxy.units import format_duration, parse_duration, parse_rate
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
 DURATION_HINT = "(use 250ms, 30s, 10m, 1h)"
 
-# Verbatim copies of the spec's examples, so a clone without the spec folder still tests them;
-# test_embedded_examples_match_the_spec keeps them in step where the spec is present.
-EXAMPLE_CONFIG = """\
-# A loan-decision service: the legacy rules engine answers, a model shadows it.
-listen: {host: 0.0.0.0, port: 8080}
-admin: {host: 127.0.0.1, port: 9901, token_env: SHADOW_PROXY_ADMIN_TOKEN, outcomes_token_env: SHADOW_PROXY_OUTCOMES_TOKEN}
-log: {level: info, format: json, access_sample: 1.0}
-store: {url: "memory://"}                 # redis://redis:6379/0 to share state between replicas
-audit:
-  sink: "file://./audit"                  # or redis://redis:6379/0/shadow-audit
-  rotate_bytes: 67108864
-  compress_rotated: true
-  spill_dir: ./audit-spill
-  include_bodies: false
-  redact: ["body.applicant.ssn", "headers.authorization"]
-max_body_bytes: 1048576
-default_upstream: http://127.0.0.1:9001
-routes:
-  - name: loan-decision
-    match: {path_prefix: /v1/decide, methods: [POST]}
-    primary: {url: http://127.0.0.1:9001, timeout: 2s}
-    model: {url: http://127.0.0.1:9002, timeout: 300ms, version: credit-v7}
-    decision:
-      primary: decision
-      model: decision
-      confidence: confidence
-      explanation: reasons
-      usage: usage.total_tokens
-      compare: exact
-    segment: body.region
-    stage: shadow
-    mirror: {sample: 1.0, max_in_flight: 512, max_queued_bytes: 16777216}
-    assisted: {max_wait_ms: 150}
-    autonomous: {min_confidence: 0.8, primary_sample: 0.1}
-    budget:
-      rate: 50/s
-      burst: 100
-      cost: {per_request: 0.0004, per_1k_units: 0.002, limit: 2000.0, window: 1d}
-      on_store_error: closed
-      local_share: 0.25
-    policy: example-policy.yaml
-"""  # noqa: E501 - verbatim
-
-EXAMPLE_POLICY = """\
-# Conservative ladder: evidence first, a person signs off the step to autonomy, rollback is automatic.
-evaluate_every: 30s
-promote:
-  shadow_to_assisted:
-    window: 24h
-    min_samples: 2000
-    min_dwell: 24h
-    min_agreement_lower_bound: 0.95
-    max_error_rate: 0.01
-    max_p99: 120ms              # under assisted.max_wait_ms, so suggestions arrive in time
-    approval: auto
-  assisted_to_autonomous:
-    window: 72h
-    min_samples: 5000
-    min_dwell: 72h
-    min_agreement_lower_bound: 0.98
-    max_error_rate: 0.005
-    max_p99: 250ms              # under the model timeout
-    approval: manual
-rollback:
-  - {window: 15m, min_samples: 200, agreement_below: 0.93, error_rate_above: 0.02, to: previous}
-  - {window: 5m, min_samples: 100, agreement_below: 0.80, error_rate_above: 0.10, p99_above: 280ms, to: shadow}
-"""  # noqa: E501 - verbatim
+# The repo's examples/ are the spec's examples, verbatim; test_examples_match_the_spec keeps them in step.
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 MINIMAL_ROUTE: dict[str, Any] = {
     "name": "loan",
@@ -97,7 +32,6 @@ MINIMAL_ROUTE: dict[str, Any] = {
 }
 DELETE = object()
 
-
 @pytest.fixture(autouse=True)
 def _no_inherited_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner's own SHADOW_PROXY_* variables must not leak into these tests."""
@@ -106,16 +40,11 @@ def _no_inherited_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def _example(name: str, embedded: str) -> str:
-    spec_file = SPEC_DIR / name
-    return spec_file.read_text(encoding="utf-8") if spec_file.is_file() else embedded
-
-
 def write_example(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "example-policy.yaml").write_text(_example("example-policy.yaml", EXAMPLE_POLICY))
+    (folder / "example-policy.yaml").write_text((EXAMPLES_DIR / "example-policy.yaml").read_text())
     path = folder / "config.yaml"
-    path.write_text(_example("example-config.yaml", EXAMPLE_CONFIG))
+    path.write_text((EXAMPLES_DIR / "example-config.yaml").read_text())
     return path
 
 
@@ -225,9 +154,9 @@ def test_absolute_audit_paths_are_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SPEC_DIR.is_dir(), reason="the spec folder is not beside this clone")
-def test_embedded_examples_match_the_spec() -> None:
-    assert (SPEC_DIR / "example-config.yaml").read_text(encoding="utf-8") == EXAMPLE_CONFIG
-    assert (SPEC_DIR / "example-policy.yaml").read_text(encoding="utf-8") == EXAMPLE_POLICY
+def test_examples_match_the_spec() -> None:
+    for name in ("example-config.yaml", "example-policy.yaml"):
+        assert (SPEC_DIR / name).read_bytes() == (EXAMPLES_DIR / name).read_bytes()
 
 
 # --- invalid configs: one line each, FILE: FIELD: what is wrong --------------------------------------

@@ -1,0 +1,256 @@
+"""The audit trail: canonical hashing, the chain, seals, rotation, and what `audit verify` catches."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import rfc8785
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from proxy.audit import Chain, Redactor, canonical, jcs_value, record_hash
+from proxy.cli import main
+from proxy.ids import ulid
+from proxy.records import base_record
+from proxy.sinks import FileSink
+from proxy.verify import verify
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(max_codepoint=0xD7FF)),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(alphabet=st.characters(max_codepoint=0xD7FF), max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+@example(5.573253948024485e16)  # integral float above 2**53: shortest digits, not the binary value
+@example({"b": [1.0, -0.0, 1e21, 1e-7], "a": "é"})
+def test_canonical_form_is_rfc8785(value):
+    assert canonical(jcs_value(value)) == rfc8785.dumps(value)
+
+
+def test_integral_floats_hash_like_integers():
+    assert record_hash({"a": 2.0, "b": -0.0}) == record_hash({"a": 2, "b": 0})
+
+
+# --- writing a trail with the real file sink --------------------------------------------------
+
+
+async def write_trail(directory: Path, n: int, *, rotate_bytes: int = 10**9, compress: bool = False) -> str:
+    start = ulid()
+    writer = f"host:{os.getpid()}:{start}"
+    chain = Chain(writer)
+    sink = FileSink(directory, start_id=start, rotate_bytes=rotate_bytes, compress_rotated=compress, host="host")
+    await sink.open()
+    for i in range(n):
+        record = base_record("decision", time.time(), "r")
+        record.update(agree=i % 3 == 0, stage="shadow", n=i)
+        sink.plan([record], chain)
+        await sink.flush()
+    await sink.close(chain)
+    return writer
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def only_file(directory: Path) -> Path:
+    (path,) = directory.iterdir()
+    return path
+
+
+async def test_fresh_trail_verifies_and_is_sealed(tmp_path):
+    writer = await write_trail(tmp_path, 20)
+    result = verify([tmp_path])
+    assert result.ok, result.problems
+    state = result.writers[writer]
+    assert state.records == 21 and state.sealed
+    last = orjson.loads(lines_of(only_file(tmp_path))[-1])
+    assert last["type"] == "seal" and last["records"] == 20 and last["reason"] == "shutdown"
+    first = orjson.loads(lines_of(only_file(tmp_path))[0])
+    assert first["seq"] == 1 and first["prev_hash"] == "0" * 64
+
+
+async def test_one_changed_byte_is_caught_and_named(tmp_path):
+    await write_trail(tmp_path, 10)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines[4] = lines[4].replace(b'"n":4', b'"n":5')
+    path.write_bytes(b"".join(lines))
+    result = verify([tmp_path])
+    assert not result.ok
+    assert "seq 5" in result.problems[0] and "hash does not match" in result.problems[0]
+    assert f"{path}:5" in result.problems[0]
+
+
+async def test_a_deleted_record_is_caught(tmp_path):
+    await write_trail(tmp_path, 10)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    del lines[3]
+    path.write_bytes(b"".join(lines))
+    result = verify([tmp_path])
+    assert not result.ok
+    assert "seq 4..4 are missing" in result.problems[0]
+
+
+async def test_two_swapped_records_are_caught(tmp_path):
+    await write_trail(tmp_path, 10)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines[2], lines[3] = lines[3], lines[2]
+    path.write_bytes(b"".join(lines))
+    result = verify([tmp_path])
+    assert not result.ok
+    assert "seq 3..3 are missing" in result.problems[0] or "out of order" in result.problems[0]
+
+
+async def test_a_recomputed_hash_still_breaks_the_next_link(tmp_path):
+    """Rewriting a record and its own hash is caught by the following record's prev_hash."""
+    await write_trail(tmp_path, 5)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    record = orjson.loads(lines[1])
+    record["agree"] = not record["agree"]
+    record["hash"] = record_hash(record)
+    lines[1] = orjson.dumps(record) + b"\n"
+    path.write_bytes(b"".join(lines))
+    result = verify([tmp_path])
+    assert "seq 3" in result.problems[0] and "broken chain" in result.problems[0]
+
+
+async def test_rotation_seals_each_file_and_gzips_it(tmp_path):
+    writer = await write_trail(tmp_path, 60, rotate_bytes=4096, compress=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) >= 3
+    assert all(n.endswith(".jsonl.gz") for n in names[:-1]) and names[-1].endswith(".jsonl")
+    for name in names[:-1]:
+        with gzip.open(tmp_path / name, "rb") as f:
+            last = orjson.loads(f.read().splitlines()[-1])
+        assert last["type"] == "seal" and last["reason"] == "rotate" and last["file"] == name[: -len(".gz")]
+    result = verify([tmp_path])
+    assert result.ok, result.problems
+    assert result.writers[writer].records == 60 + len(names)
+
+
+async def test_a_missing_rotated_file_is_caught(tmp_path):
+    await write_trail(tmp_path, 60, rotate_bytes=4096)
+    names = sorted(tmp_path.iterdir())
+    names[1].unlink()
+    result = verify([tmp_path])
+    assert not result.ok and "missing" in result.problems[0]
+
+
+async def test_a_missing_last_file_after_rotation_is_caught(tmp_path):
+    await write_trail(tmp_path, 60, rotate_bytes=4096)
+    sorted(tmp_path.iterdir())[-1].unlink()
+    result = verify([tmp_path])
+    assert not result.ok and "is missing (it was sealed for rotation)" in result.problems[0]
+
+
+async def test_an_unsealed_last_file_is_reported_not_failed(tmp_path):
+    writer = await write_trail(tmp_path, 10)
+    path = only_file(tmp_path)
+    path.write_bytes(b"".join(lines_of(path)[:-1]))  # the writer died before its seal
+    result = verify([tmp_path])
+    assert result.ok
+    assert not result.writers[writer].sealed
+
+
+async def test_a_seal_count_that_disagrees_is_caught(tmp_path):
+    await write_trail(tmp_path, 10)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    seal = orjson.loads(lines[-1])
+    seal["records"] = 9
+    seal["hash"] = record_hash(seal)
+    lines[-1] = orjson.dumps(seal) + b"\n"
+    path.write_bytes(b"".join(lines))
+    assert "counts 9 records" in verify([tmp_path]).problems[0]
+
+
+async def test_torn_last_line_of_a_dead_writer_is_truncated_on_start(tmp_path):
+    dead_pid = 2**22 + 17  # above pid_max on Linux: no such process
+    torn = tmp_path / f"audit-{ulid()}-host-{dead_pid}-000001.jsonl"
+    chain = Chain("host:1:x")
+    good = chain.link(base_record("decision", time.time(), "r"))
+    torn.write_bytes(good + b'{"type":"decision","id":"01')
+    sink = FileSink(tmp_path, start_id=ulid(), rotate_bytes=10**6, host="host")
+    await sink.open()
+    await sink.close(Chain("host:2:y"))
+    assert torn.read_bytes() == good
+
+
+async def test_a_live_writers_file_is_never_truncated(tmp_path):
+    mine = tmp_path / f"audit-{ulid()}-host-1-000001.jsonl"  # pid 1 is alive
+    mine.write_bytes(b'{"partial')
+    sink = FileSink(tmp_path, start_id=ulid(), rotate_bytes=10**6, host="host")
+    await sink.open()
+    await sink.close(Chain("host:2:y"))
+    assert mine.read_bytes() == b'{"partial'
+
+
+def test_redactor_copies_only_what_it_changes():
+    redactor = Redactor(["body.a.b", "body.items.*.secret", "headers.Authorization"])
+    doc = {"a": {"b": 1, "c": 2}, "items": [{"secret": "x", "ok": 1}], "untouched": {"k": 1}}
+    out = redactor.body(doc)
+    assert out == {
+        "a": {"b": "[REDACTED]", "c": 2},
+        "items": [{"secret": "[REDACTED]", "ok": 1}],
+        "untouched": {"k": 1},
+    }
+    assert doc["a"]["b"] == 1  # the input is not modified
+    assert out["untouched"] is doc["untouched"]
+    assert redactor.headers({"authorization": "Bearer x"}) == {"authorization": "[REDACTED]"}
+    assert redactor.body("not a mapping") == "not a mapping"
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+async def test_verify_command_exit_codes(tmp_path, capsys):
+    writer = await write_trail(tmp_path, 5)
+    assert main(["audit", "verify", str(tmp_path)]) == 0
+    assert f"ok   {writer}: 6 records in 1 file, sealed" in capsys.readouterr().out
+    path = only_file(tmp_path)
+    path.write_bytes(path.read_bytes().replace(b'"n":2', b'"n":7'))
+    assert main(["audit", "verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"FAIL {writer}: record at {path}:3 (seq 3")
+
+
+def test_verify_of_a_missing_path_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", str(tmp_path / "nope")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("damage", [b"not json at all\n", b'{"no": "writer"}\n'])
+async def test_damaged_lines_fail_verification(tmp_path, damage):
+    await write_trail(tmp_path, 3)
+    path = only_file(tmp_path)
+    lines = lines_of(path)
+    lines.insert(1, damage)
+    path.write_bytes(b"".join(lines))
+    result = verify([tmp_path])
+    assert not result.ok and f"{path}:2" in result.problems[0]
