@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -92,9 +93,7 @@ def judges_from_config(config: Any) -> dict[str, Judge]:
     for route in config.routes:
         d = route.decision
         model_cmp = build_comparator(d)
-        primary_cmp = (
-            build_comparator(d.model_copy(update={"compare": "exact"})) if d.compare == "map" else model_cmp
-        )
+        primary_cmp = build_comparator(d.model_copy(update={"compare": "exact"})) if d.compare == "map" else model_cmp
         mapping = {label(k): label(v) for k, v in (d.map or {}).items()} if d.compare == "map" else {}
         judges[route.name] = Judge(
             primary=lambda dec, truth, cmp=primary_cmp: cmp(dec, truth),
@@ -109,23 +108,15 @@ def judges_from_config(config: Any) -> dict[str, Judge]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``report`` subcommand's arguments."""
-    parser.add_argument(
-        "audit", nargs="+", metavar="AUDIT", help="audit files or folders (*.jsonl, *.jsonl.gz)"
-    )
-    parser.add_argument(
-        "--by", choices=("segment", "model_version", "day"), help="group each route x stage by"
-    )
+    parser.add_argument("audit", nargs="+", metavar="AUDIT", help="audit files or folders (*.jsonl, *.jsonl.gz)")
+    parser.add_argument("--by", choices=("segment", "model_version", "day"), help="group each route x stage by")
     parser.add_argument("--route", action="append", metavar="NAME", help="only this route (repeatable)")
     parser.add_argument("--since", metavar="T", help="records at or after T (RFC 3339 or a date)")
     parser.add_argument("--until", metavar="T", help="records before T (a date: up to the end of that day)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
-    parser.add_argument(
-        "-c", "--config", metavar="CONFIG", help="compare decisions with outcomes as this config does"
-    )
-    parser.add_argument(
-        "--top-labels", type=int, default=8, metavar="N", help="labels in the confusion matrix"
-    )
+    parser.add_argument("-c", "--config", metavar="CONFIG", help="compare decisions with outcomes as this config does")
+    parser.add_argument("--top-labels", type=int, default=8, metavar="N", help="labels in the confusion matrix")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     except ReportError as exc:
         print(f"shadow-proxy report: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush cannot fail
+        return 1
 
 
 def _scope(args: argparse.Namespace) -> Scope:

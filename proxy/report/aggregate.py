@@ -59,9 +59,7 @@ class Aggregator:
     or after its decision joins the same way without holding every decision in memory.
     """
 
-    def __init__(
-        self, scope: Scope, outcomes: Mapping[str, Any], judges: Mapping[str, Judge] | None = None
-    ) -> None:
+    def __init__(self, scope: Scope, outcomes: Mapping[str, Any], judges: Mapping[str, Judge] | None = None) -> None:
         self.scope = scope
         self.outcomes = outcomes
         self.judges = dict(judges or {})
@@ -131,9 +129,7 @@ class Aggregator:
             return label(request.get("segment") if isinstance(request, dict) else None)
         return label(record.get(by))
 
-    def _join(
-        self, record: dict, ts: str, key: GroupKey, primary: dict, model: dict, group: GroupStats
-    ) -> None:
+    def _join(self, record: dict, ts: str, key: GroupKey, primary: dict, model: dict, group: GroupStats) -> None:
         request = record.get("request")
         rid = request.get("id") if isinstance(request, dict) else None
         if rid not in self.outcomes:

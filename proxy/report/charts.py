@@ -65,9 +65,7 @@ def _segments(bins: list[dict]) -> list[list[dict]]:
 
 def _steps(run: list[dict], field: str) -> tuple[list[str], list[float]]:
     """A step per bin, from its start to its end (each figure holds for the whole bin)."""
-    return [b["start"] for b in run] + [run[-1]["end"]], [b[field] * 100 for b in run] + [
-        run[-1][field] * 100
-    ]
+    return [b["start"] for b in run] + [run[-1]["end"]], [b[field] * 100 for b in run] + [run[-1][field] * 100]
 
 
 def agreement_figure(
@@ -140,9 +138,7 @@ def _mark_stages(fig: Any, route: str, transitions: list[dict], period: tuple[st
     for t in mine:
         moved = t["from"] != t["to"]
         color = "#b23b3b" if t["event"] == "rollback" else "#555"
-        fig.add_vline(
-            x=_ms_epoch(t["ts"]), line_dash="dash" if moved else "dot", line_color=color, line_width=1
-        )
+        fig.add_vline(x=_ms_epoch(t["ts"]), line_dash="dash" if moved else "dot", line_color=color, line_width=1)
     if mine:  # hover on the triangles at the top tells who moved the route, and why
         fig.add_trace(
             go.Scatter(
@@ -177,8 +173,7 @@ def confusion_figure(total: dict[str, Any]) -> Any:
     matrix = c["matrix"]
     share = [[n / (sum(row) or 1) for n in row] for row in matrix]
     text = [
-        [f"{n:,}<br>{s:.0%}" for n, s in zip(row, srow, strict=True)]
-        for row, srow in zip(matrix, share, strict=True)
+        [f"{n:,}<br>{s:.0%}" for n, s in zip(row, srow, strict=True)] for row, srow in zip(matrix, share, strict=True)
     ]
     fig = go.Figure(
         go.Heatmap(

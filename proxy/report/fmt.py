@@ -13,6 +13,10 @@ def count(n: int | None) -> str:
     return DASH if n is None else f"{n:,}"
 
 
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def pct(rate: float | None, places: int = 1) -> str:
     return DASH if rate is None else f"{rate * 100:.{places}f}%"
 

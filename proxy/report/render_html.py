@@ -45,12 +45,9 @@ def tables(report: dict[str, Any]) -> str:
         rows = fmt.rows(report)
         lead = ["route", "stage"] + ([report["by"].replace("_", " ")] if report["by"] else [])
         body = [
-            [r["route"], r["stage"]] + ([fmt.key(r, report["by"])] if report["by"] else []) + cells(r)
-            for r in rows
+            [r["route"], r["stage"]] + ([fmt.key(r, report["by"])] if report["by"] else []) + cells(r) for r in rows
         ]
-        parts.append(
-            f"<h3>{_esc(title)}</h3>" + _table(lead + head, body, [bool(r.get("total")) for r in rows])
-        )
+        parts.append(f"<h3>{_esc(title)}</h3>" + _table(lead + head, body, [bool(r.get("total")) for r in rows]))
     if report["transitions"]:
         head = ["time (UTC)", "route", "event", "from → to", "actor", "reason", "evidence"]
         body = [

@@ -46,9 +46,7 @@ def confusion_table(total: dict[str, Any]) -> Table:
 
 
 def transitions_table(report: dict[str, Any]) -> Table:
-    table = Table(
-        title="Transitions", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False
-    )
+    table = Table(title="Transitions", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("time (UTC)", "route", "event", "from → to", "actor", "reason", "evidence"):
         table.add_column(name, overflow="fold")
     for t in report["transitions"]:
@@ -66,11 +64,16 @@ def transitions_table(report: dict[str, Any]) -> Table:
 
 def headline(report: dict[str, Any]) -> str:
     i = report["inputs"]
-    span = (
-        f"{report['first_ts'][:16]} → {report['last_ts'][:16]} UTC" if report["first_ts"] else "no decisions"
-    )
-    parts = [f"{i['decisions']:,} decisions", span, f"{i['files']:,} files"]
-    parts += [f"{i[k]:,} {k.replace('_', ' ')}" for k in ("malformed", "duplicates", "out_of_scope") if i[k]]
+    first, last = report["first_ts"], report["last_ts"]
+    parts = [fmt.plural(i["decisions"], "decision", "decisions")]
+    parts += [f"{first[:16]} → {last[:16]} UTC"] if first else []
+    parts += [fmt.plural(i["files"], "file", "files")]
+    notes = {
+        "malformed": ("malformed line", "malformed lines"),
+        "duplicates": ("duplicate", "duplicates"),
+        "out_of_scope": ("record out of scope", "records out of scope"),
+    }
+    parts += [fmt.plural(i[k], *names) for k, names in notes.items() if i[k]]
     return "Shadow-proxy agreement report: " + " · ".join(parts)
 
 
@@ -78,6 +81,9 @@ def render(report: dict[str, Any], out: IO[str], *, color: bool = False, width: 
     """Write the report as tables to ``out``; ``color`` only for a terminal."""
     console = Console(file=out, width=width, color_system="auto" if color else None, highlight=False)
     console.print(headline(report), style="bold")
+    if not report["totals"]:
+        console.print("No decision records match.")
+        return
     for title, head, cells in fmt.TABLES:
         if title.startswith("Accuracy") and not report["outcomes"]["known"]:
             continue
