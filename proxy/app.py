@@ -152,7 +152,18 @@ class ShadowProxy:
         if self.default is not None:
             await self.default.start()
         await self.recorder.sink.open()
+        await self._probe_upstreams()
         self._recorder_task = self.background.spawn(self.recorder.run(), name="audit-writer")
+
+    async def _probe_upstreams(self) -> None:
+        """Warn, in one line each, about upstreams not reachable now (a sidecar's may start later)."""
+        upstreams = [u for r in self.routes.routes for u in (r.primary, r.model.upstream)]
+        upstreams += [self.default] if self.default is not None else []
+        unique = {u.base_url: u for u in upstreams}
+        reasons = await asyncio.gather(*(u.probe() for u in unique.values()))
+        for upstream, reason in zip(unique.values(), reasons, strict=True):
+            if reason is not None:
+                log.warning("upstream.unreachable", upstream=upstream.name, url=upstream.base_url, reason=reason)
 
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Wait until in-flight model calls finish and their records are written (tests, demo)."""

@@ -7,8 +7,11 @@ Content-Type of its own, so upstreams see what the client sent and clients get w
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -100,6 +103,19 @@ class Upstream:
             skip_auto_headers=_SKIP_AUTO,
         )
 
+    async def probe(self, timeout_s: float = 1.0) -> str | None:
+        """Open (and close) one TCP connection; the reason it failed, or None when it is reachable."""
+        parts = urlsplit(self.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout_s)
+        except TimeoutError:
+            return "timed out"
+        except OSError as exc:
+            return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        writer.close()
+        return None
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -139,9 +155,7 @@ class Upstream:
             limit = timeout.total if timeout.total is not None else self.timeout_s
             return Reply(latency_ms=limit * 1000.0, error="timeout", detail=f"no answer within {limit:g}s")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return Reply(
-                latency_ms=(time.perf_counter() - started) * 1000.0, error="error", detail=_detail(exc)
-            )
+            return Reply(latency_ms=(time.perf_counter() - started) * 1000.0, error="error", detail=_detail(exc))
 
     async def stream(
         self, request: web.Request, headers: Mapping[str, str], body: bytes | None, request_id: str

@@ -237,3 +237,15 @@ def _metric(proxy, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+async def test_unreachable_upstream_at_start_is_one_warning_and_the_proxy_serves(upstreams, make_proxy):
+    from structlog.testing import capture_logs
+
+    primary = await upstreams(fixed_primary)
+    model_url = dead_url()
+    with capture_logs() as logs:
+        proxy = await make_proxy([route_config("r", primary.url, model_url)])
+    warnings = [e for e in logs if e["event"] == "upstream.unreachable"]
+    assert [(w["url"], w["reason"]) for w in warnings] == [(model_url, "connection refused")]
+    assert await send(proxy.url, 1) == [(200, PRIMARY_BODY)]
