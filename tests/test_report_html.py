@@ -44,9 +44,7 @@ def test_html_loads_no_external_resources(page):
     markup = _markup(page.read_text(encoding="utf-8"))
     assert not re.search(r"<script\b[^>]*\bsrc\s*=", markup, re.I), "a script is loaded from elsewhere"
     assert not re.search(r"<link\b[^>]*\bhref\s*=", markup, re.I), "a stylesheet or font is linked"
-    assert not re.search(
-        r"<(img|iframe|embed|object|source|video|audio)\b[^>]*\b(src|data)\s*=", markup, re.I
-    )
+    assert not re.search(r"<(img|iframe|embed|object|source|video|audio)\b[^>]*\b(src|data)\s*=", markup, re.I)
     assert not re.search(r"@import|url\(\s*['\"]?(?!data:)", markup, re.I), "CSS loads a resource"
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", markup, re.I)
 
@@ -57,6 +55,14 @@ def test_html_embeds_plotly_once_and_has_every_chart(page):
     assert len(re.findall(r"<script\b[^>]*>", html)) - html.count("Plotly.newPlot(") == 1
     for text in ("Agreement over time", "Confusion matrices", "Latency", "Transitions", "investigating"):
         assert text in html
+
+
+def test_html_tables_are_well_formed(page):
+    html = page.read_text(encoding="utf-8")
+    tags = re.findall(r"<table\b[^>]*>", html)
+    assert tags and all(t in ("<table>", '<table class="text">') for t in tags)
+    assert html.count("<table") == html.count("</table>")
+    assert '<tr class="total">' not in html  # no --by: every row is a route x stage total already
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")

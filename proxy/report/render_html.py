@@ -31,9 +31,10 @@ def _table(head: list[str], rows: list[list[str]], bold: list[bool] | None = Non
     th = "".join(f"<th>{_esc(h)}</th>" for h in head)
     body = []
     for i, row in enumerate(rows):
-        cls = ' class="total"' if bold and bold[i] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>")
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        total = ' class="total"' if bold and bold[i] else ""
+        body.append(f"<tr{total}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>")
+    table = f' class="{cls}"' if cls else ""
+    return f"<table{table}><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def tables(report: dict[str, Any]) -> str:
