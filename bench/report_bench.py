@@ -123,9 +123,7 @@ def decision(rng: random.Random, ts: float, route: str) -> tuple[dict, str]:
         elif not primary["sampled"]:
             primary.update(status=None, latency_ms=None, decision=None, sha256=None)
     agree = (
-        None
-        if primary["decision"] is None or model["decision"] is None
-        else primary["decision"] == model["decision"]
+        None if primary["decision"] is None or model["decision"] is None else primary["decision"] == model["decision"]
     )
     record = {
         "type": "decision",
@@ -244,9 +242,7 @@ def generate(folder: Path, n: int, seed: int = 7) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
     parser.add_argument("--format", default="json")

@@ -72,9 +72,7 @@ def test_agreement_and_wilson_interval_match_hand_computation(small):
     shadow = _row(small["totals"], "loan", "shadow")
     assert (shadow["requests"], shadow["samples"], shadow["agreed"]) == (8, 6, 4)
     assert shadow["agreement"]["rate"] == pytest.approx(4 / 6, abs=1e-6)
-    assert (shadow["agreement"]["low"], shadow["agreement"]["high"]) == pytest.approx(
-        (0.29999, 0.90323), abs=1e-5
-    )
+    assert (shadow["agreement"]["low"], shadow["agreement"]["high"]) == pytest.approx((0.29999, 0.90323), abs=1e-5)
 
 
 def test_kappa_and_confusion_match_hand_computation(small):
@@ -175,9 +173,7 @@ def test_time_filters(since, until, stages):
 def test_time_filter_bounds_are_half_open():
     rep = build_report(
         [SMALL],
-        report._scope(
-            _parse(str(SMALL), "--since", "2026-11-21T10:30:01Z", "--until", "2026-11-21T10:30:02Z")
-        ),
+        report._scope(_parse(str(SMALL), "--since", "2026-11-21T10:30:01Z", "--until", "2026-11-21T10:30:02Z")),
     )
     assert rep["totals"][0]["requests"] == 1
 
@@ -200,9 +196,7 @@ def test_81_of_100_agreeing_gives_the_reference_interval(tmp_path):
 
 def test_kappa_of_the_textbook_table(tmp_path):
     cells = {("yes", "yes"): 20, ("yes", "no"): 5, ("no", "yes"): 10, ("no", "no"): 15}
-    records = [
-        _decision(i, p, m) for i, (p, m) in enumerate(pair for pair, n in cells.items() for _ in range(n))
-    ]
+    records = [_decision(i, p, m) for i, (p, m) in enumerate(pair for pair, n in cells.items() for _ in range(n))]
     total = build_report([_write(tmp_path / "k.jsonl", records)])["totals"][0]
     assert total["kappa"] == pytest.approx(0.4)
 
