@@ -12,15 +12,19 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from proxy.admin import build_admin_app
 from proxy.audit import Chain, Redactor
 from proxy.circuit import Circuit
 from proxy.config import Route
+from proxy.controller import StageController
 from proxy.decisions import RouteDecisions
+from proxy.exchange import Exchange
 from proxy.handler import ProxyHandler
 from proxy.ids import ulid
 from proxy.loading import Loaded
@@ -31,8 +35,10 @@ from proxy.recorder import Recorder
 from proxy.records import RecordBuilder
 from proxy.routes import RouteRuntime, RouteTable, model_counter
 from proxy.sinks import FileSink, Sink
+from proxy.store import Store, StoreError, open_store
 from proxy.tasks import TaskOwner
 from proxy.upstream import Upstream
+from proxy.windows import bucketize
 
 log = get_logger("proxy.app")
 
@@ -44,6 +50,8 @@ class ShadowProxy:
         self,
         loaded: Loaded,
         *,
+        store: Store | None = None,
+        environ: Mapping[str, str] | None = None,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -55,6 +63,7 @@ class ShadowProxy:
         self.model_tasks = TaskOwner("model-calls")
         self.background = TaskOwner("background")
         self._rng, self._clock = rng, clock
+        self._environ = os.environ if environ is None else environ
         self.routes = RouteTable([self._route(r) for r in config.routes])
         self.default = Upstream(config.default_upstream, 30.0, name="default") if config.default_upstream else None
         self.recorder = Recorder(
@@ -67,6 +76,11 @@ class ShadowProxy:
             flush_interval_s=config.audit.flush_interval,
         )
         self.recorder.observe(self._count_decisions)
+        self.recorder.observe(self._record_stats)
+        self.store = store if store is not None else open_store(config.store)
+        self.controller = StageController(
+            self.routes, self.store, loaded.policies, self.recorder.submit, self.metrics, self.background, clock=clock
+        )
         self.handler = ProxyHandler(
             routes=self.routes,
             default=self.default,
@@ -135,13 +149,26 @@ class ShadowProxy:
             lambda: [((), 0)],
         )  # fmt: skip
 
-    def _count_decisions(self, records: list[dict]) -> None:
+    def _count_decisions(self, pairs: list[tuple[Any, dict[str, Any]]]) -> None:
         counter = self.metrics.decisions
-        for record in records:
+        for _, record in pairs:
             if record["type"] == "decision":
                 agree = record["agree"]
                 label = "null" if agree is None else "true" if agree else "false"
                 counter.labels(record["route"], record["stage"], label).inc()
+
+    async def _record_stats(self, pairs: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Add decisions to the window statistics the policies read (shared through the store)."""
+        deltas = bucketize(
+            (item.route.name, item.epoch, item.ts, record) for item, record in pairs if isinstance(item, Exchange)
+        )
+        if not deltas:
+            return
+        try:
+            await self.store.add_stats(deltas)
+        except StoreError as exc:
+            self.metrics.store_errors.labels("stats").inc()
+            log.warning("stats.store_failed", error=str(exc), buckets=len(deltas))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +181,7 @@ class ShadowProxy:
         await self.recorder.sink.open()
         await self._probe_upstreams()
         self._recorder_task = self.background.spawn(self.recorder.run(), name="audit-writer")
+        await self.controller.start()
 
     async def _probe_upstreams(self) -> None:
         """Warn, in one line each, about upstreams not reachable now (a sidecar's may start later)."""
@@ -181,6 +209,7 @@ class ShadowProxy:
         if self._recorder_task is not None:
             await self.recorder.finish(self._recorder_task)
         await self.background.cancel()
+        await self.store.close()
         for route in self.routes.routes:
             await route.primary.close()
             await route.model.upstream.close()
@@ -196,6 +225,9 @@ class ShadowProxy:
         return app
 
     def admin_app(self) -> web.Application:
-        from proxy.admin import build_admin_app
-
-        return build_admin_app(self)
+        admin = self.config.admin
+        admin_token = self._environ.get(admin.token_env) or None
+        outcomes_token = self._environ.get(admin.outcomes_token_env) or None if admin.outcomes_token_env else None
+        if admin_token is None:
+            log.warning("admin.disabled", reason=f"{admin.token_env} is not set: only health and metrics answer")
+        return build_admin_app(self, admin_token, outcomes_token)

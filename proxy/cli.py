@@ -104,6 +104,12 @@ def cmd_stubs(args: argparse.Namespace) -> int:
     return stubs.run(args)
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    from proxy import admin_client
+
+    return admin_client.run(args)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from proxy import report
 
@@ -113,9 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
-def _add(
-    sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str
-) -> argparse.ArgumentParser:
+def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_, description=help_)
     parser.set_defaults(func=func)
     return parser
@@ -133,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", required=True, help="config file (YAML)")
 
     demo = _add(sub, "demo", cmd_demo, "run stubs, the proxy and synthetic traffic; print the report")
-    demo.add_argument("--seconds", type=float, default=None, help="how long to drive traffic")
-    demo.add_argument("--requests", type=int, default=None, help="how many requests to send")
+    demo.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: when the ladder is done)"
+    )
     demo.add_argument("--audit-dir", default=None, help="keep the audit trail here (default: a temp folder)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
 
@@ -150,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         report_module.add_arguments(report)
     except (ImportError, AttributeError):  # pragma: no cover - report is being written
         report.add_argument("paths", nargs="*")
+
+    stage = _add(sub, "stage", cmd_stage, "operate a running proxy's stages through its admin API")
+    from proxy import admin_client
+
+    admin_client.add_arguments(stage)
 
     stubs = _add(sub, "stubs", cmd_stubs, "run the demo legacy and model upstreams")
     from proxy import stubs as stubs_module

@@ -115,9 +115,7 @@ _REDACT = re.compile(r"^(body|headers)(\.([A-Za-z0-9_\-]+|\*))+$")
 
 def _redact_path(path: str) -> str:
     if not _REDACT.match(path):
-        raise ValueError(
-            f"{path!r} is not a redaction path (body.a.b or headers.name; '*' matches any key or item)"
-        )
+        raise ValueError(f"{path!r} is not a redaction path (body.a.b or headers.name; '*' matches any key or item)")
     return path
 
 
@@ -127,8 +125,7 @@ _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 def _route_name(name: str) -> str:
     if not _ROUTE_NAME.match(name):
         raise ValueError(
-            f"{name!r} is not a route name (1 to 63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit)"
+            f"{name!r} is not a route name (1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit)"
         )
     return name
 
@@ -233,9 +230,7 @@ class Primary(Strict):
 
 
 class Circuit(Strict):
-    failures: int = Field(
-        0, ge=0, description="Consecutive failed model calls that open the circuit (0: never)."
-    )
+    failures: int = Field(0, ge=0, description="Consecutive failed model calls that open the circuit (0: never).")
     cooldown: Duration = Field(5.0, gt=0, description="How long an open circuit skips the model.")
 
 
@@ -268,9 +263,7 @@ class Decision(Strict):
 class Mirror(Strict):
     sample: Share = Field(1.0, description="Share of requests copied to the model in shadow stage.")
     max_in_flight: int = Field(1024, ge=1, description="Most model calls in flight for this route.")
-    max_queued_bytes: int = Field(
-        16 * 2**20, ge=0, description="Most request bytes held by in-flight model calls."
-    )
+    max_queued_bytes: int = Field(16 * 2**20, ge=0, description="Most request bytes held by in-flight model calls.")
 
 
 class Assisted(Strict):
@@ -341,9 +334,7 @@ class Config(Strict):
         seen: dict[str, int] = {}
         for i, route in enumerate(routes):
             if route.name in seen:
-                raise FieldProblem(
-                    (i, "name"), f"{route.name!r} is already the name of routes[{seen[route.name]}]"
-                )
+                raise FieldProblem((i, "name"), f"{route.name!r} is already the name of routes[{seen[route.name]}]")
             seen[route.name] = i
         return routes
 
@@ -384,9 +375,7 @@ class RollbackRule(Strict):
 class Policy(Strict):
     evaluate_every: Duration = Field(30.0, gt=0, description="How often the policy is evaluated.")
     promote: Promote = Field(default_factory=Promote, description="Promotion gates.")
-    rollback: list[RollbackRule] = Field(
-        default_factory=list, description="Rules; the first that fires wins."
-    )
+    rollback: list[RollbackRule] = Field(default_factory=list, description="Rules; the first that fires wins.")
 
     @model_validator(mode="before")
     @classmethod

@@ -59,6 +59,7 @@ class Exchange:
 
     route: Any  # the route's runtime object (name, decisions, model_version)
     stage: Stage
+    epoch: int
     ts: float
     request_id: str
     method: str

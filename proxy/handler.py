@@ -105,6 +105,7 @@ class ProxyHandler:
         ex = Exchange(
             route=route,
             stage=route.stage,
+            epoch=route.epoch,
             ts=self._clock(),
             request_id=request_id,
             method=request.method,

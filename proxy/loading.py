@@ -90,9 +90,7 @@ _UniqueKeyLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_UniqueKeyLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+_UniqueKeyLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _load_yaml(text: str) -> Any:
@@ -424,8 +422,7 @@ def _check_policies(
             names = shipped_policies()
             shipped = f"shipped: {', '.join(names)}" if names else "none is shipped"
             problems.append(
-                f"{label}: routes[{i}].policy: {value!r} is neither a file{where} "
-                f"nor a shipped policy ({shipped})"
+                f"{label}: routes[{i}].policy: {value!r} is neither a file{where} nor a shipped policy ({shipped})"
             )
             continue
         if found not in cache:

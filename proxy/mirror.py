@@ -85,9 +85,7 @@ class ModelPath:
         call.skipped = reason
         self._count("skipped_" + reason.value if reason is not Skip.SAMPLED_OUT else reason.value)
 
-    def spawn(
-        self, ex: Exchange, method: str, path_qs: str, headers: Mapping[str, str]
-    ) -> asyncio.Task[None]:
+    def spawn(self, ex: Exchange, method: str, path_qs: str, headers: Mapping[str, str]) -> asyncio.Task[None]:
         """Run :meth:`call` for an admitted exchange in the background; it completes one half."""
         ex.halves += 1
         return self._owner.spawn(self._background(ex, method, path_qs, headers), name="model-call")

@@ -25,7 +25,8 @@ from proxy.sinks import Sink
 
 log = get_logger("proxy.audit")
 
-Observer = Callable[[list[dict[str, Any]]], Awaitable[None] | None]
+Item = Any  # an Exchange, or a record built elsewhere (transition, outcome)
+Observer = Callable[[list[tuple[Item, dict[str, Any]]]], Awaitable[None] | None]
 _SLICE = 64  # records built per event-loop turn: ~1-2 ms of CPU at most
 _RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -61,12 +62,15 @@ class Recorder:
         self.written = 0
 
     def observe(self, observer: Observer) -> None:
-        """Call ``observer(records)`` with every built batch, before it is written."""
+        """Call ``observer([(item, record), ...])`` with every built batch, before it is written."""
         self._observers.append(observer)
 
     @property
     def backlog(self) -> int:
         return len(self._queue)
+
+    def has_room(self, count: int) -> bool:
+        return len(self._queue) + count <= self._max
 
     def submit(self, item: Exchange | dict[str, Any]) -> bool:
         """Queue a finished exchange or a built record (transition, outcome). Never blocks."""
@@ -115,12 +119,16 @@ class Recorder:
         while count > 0:
             take = min(_SLICE, count)
             count -= take
-            records = [r for r in (self._build(self._queue.popleft()) for _ in range(take)) if r is not None]
+            items = [self._queue.popleft() for _ in range(take)]
+            pairs = [(item, record) for item in items if (record := self._build(item)) is not None]
             for observer in self._observers:
-                result = observer(records)
-                if result is not None:
-                    await result
-            built.extend(records)
+                try:
+                    result = observer(pairs)
+                    if result is not None:
+                        await result
+                except Exception as exc:  # statistics are not worth losing records over
+                    log.warning("audit.observer_failed", observer=getattr(observer, "__name__", "?"), error=str(exc))
+            built.extend(record for _, record in pairs)
             await asyncio.sleep(0)  # let client requests run between slices
         self.sink.plan(built, self.chain)
         self.written += len(built)

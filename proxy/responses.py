@@ -11,6 +11,4 @@ def json_error(status: int, message: str, request_id: str | None = None, **heade
     if request_id is not None:
         payload["request_id"] = request_id
         headers = {"X-Request-Id": request_id, **headers}
-    return web.Response(
-        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)

@@ -15,7 +15,7 @@ from proxy.decisions import RouteDecisions
 from proxy.exchange import Reply
 from proxy.metrics import Metrics
 from proxy.mirror import ModelPath
-from proxy.stages import Fallback, ServedBy, Stage
+from proxy.stages import Fallback, RouteState, ServedBy, Stage
 from proxy.upstream import Upstream
 
 
@@ -27,6 +27,8 @@ class RouteRuntime:
     decisions: RouteDecisions
     metrics: Metrics
     stage: Stage = Stage.SHADOW
+    epoch: int = 1
+    state: RouteState | None = None
     sample_rate: float = 1.0
     _requests: dict[tuple[ServedBy, int], Any] = field(default_factory=dict)
 
@@ -47,6 +49,16 @@ class RouteRuntime:
         self._primary_latency = m.upstream_latency.labels(self.name, "primary")
         self._overhead = m.overhead.labels(self.name)
 
+    def set_state(self, state: RouteState) -> None:
+        """Adopt a stored state: the handler reads ``stage`` and ``epoch`` per request."""
+        self.state = state
+        self.stage = state.stage
+        self.epoch = state.epoch
+
+    def budget_view(self) -> dict[str, Any]:
+        """What is left of the route's budgets (for the admin API)."""
+        return {}
+
     def matches(self, method: str, path: str) -> bool:
         return path.startswith(self.prefix) and (self.methods is None or method in self.methods)
 
@@ -61,9 +73,7 @@ class RouteRuntime:
         key = (served_by, status)
         child = self._requests.get(key)
         if child is None:
-            child = self._requests[key] = self.metrics.requests.labels(
-                self.name, served_by.value, str(status)
-            )
+            child = self._requests[key] = self.metrics.requests.labels(self.name, served_by.value, str(status))
         child.inc()
 
     def count_fallback(self, reason: Fallback) -> None:

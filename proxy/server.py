@@ -93,9 +93,7 @@ def _port(runner: web.AppRunner) -> int:
     raise RuntimeError("listener has no TCP address")
 
 
-async def serve(
-    loaded: Loaded, *, on_started: Callable[[Bound], Awaitable[None] | None] | None = None
-) -> None:
+async def serve(loaded: Loaded, *, on_started: Callable[[Bound], Awaitable[None] | None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down in order."""
     server = Server(loaded)
     stop = asyncio.Event()

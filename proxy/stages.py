@@ -6,7 +6,9 @@ a new label. Each is a ``str`` enum: its value is what users see in YAML, JSON a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 
 class Stage(StrEnum):
@@ -71,3 +73,47 @@ class Actor(StrEnum):
 class ServedBy(StrEnum):
     PRIMARY = "primary"
     MODEL = "model"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    """A route's place on the ladder, as stored (shared by replicas with a Redis store).
+
+    ``epoch`` increments on every stage change (window statistics are kept per epoch, so a window
+    counts only records since the route entered its stage); ``version`` increments on every change
+    of any field and is what compare-and-set checks.
+    """
+
+    stage: Stage
+    epoch: int = 1
+    version: int = 1
+    entered_at: float = 0.0
+    hold: bool = False
+    pending: str | None = None
+    pending_evidence: dict[str, Any] | None = None
+
+    def with_stage(self, stage: Stage, now: float) -> RouteState:
+        """Move to ``stage``: a new epoch, no pending promotion."""
+        return replace(
+            self, stage=stage, epoch=self.epoch + 1, version=self.version + 1, entered_at=now,
+            pending=None, pending_evidence=None,
+        )  # fmt: skip
+
+    def changed(self, **fields: Any) -> RouteState:
+        """Any other change (hold, pending): same epoch, next version."""
+        return replace(self, version=self.version + 1, **fields)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage.value, "epoch": self.epoch, "version": self.version,
+            "entered_at": self.entered_at, "hold": self.hold, "pending": self.pending,
+            "pending_evidence": self.pending_evidence,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RouteState:
+        return cls(
+            stage=Stage(data["stage"]), epoch=int(data["epoch"]), version=int(data["version"]),
+            entered_at=float(data["entered_at"]), hold=bool(data["hold"]), pending=data.get("pending"),
+            pending_evidence=data.get("pending_evidence"),
+        )  # fmt: skip

@@ -190,17 +190,11 @@ def _coerce_setting(name: str, value: Any) -> Any:
         out: dict[str, float] = {}
         for key, rate in value.items():
             if not isinstance(key, str) or not key:
-                raise ValueError(
-                    f"segment_disagree: segment names must be non-empty strings, not {_short(key)}"
-                )
+                raise ValueError(f"segment_disagree: segment names must be non-empty strings, not {_short(key)}")
             out[key] = _rate(f"segment_disagree[{key!r}]", rate)
         return out
     if name == "hang_seconds":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value > 0)
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
             raise ValueError(f"hang_seconds must be a number of seconds above 0, not {_short(value)}")
         return float(value)
     if name == "model_version":
@@ -256,9 +250,7 @@ class StubSettings:
         """Cross-field rules (each field is checked on assignment): the fault shares sum to at most 1."""
         total = self.error_rate + self.garbage_rate + self.hang_rate
         if total > 1.0 + 1e-9:
-            raise ValueError(
-                f"error_rate + garbage_rate + hang_rate must be at most 1, not {round(total, 6):g}"
-            )
+            raise ValueError(f"error_rate + garbage_rate + hang_rate must be at most 1, not {round(total, 6):g}")
 
     @property
     def latency_dist(self) -> Latency:
@@ -495,9 +487,7 @@ class _Stub:
                 stats.suggestions_rejected += 1
                 extra = {"X-Stub-Suggestion": "rejected"}
         self.stats.decisions[decision] += 1
-        return self._json(
-            {"decision": decision, "score": score, "request_id": _request_id(request)}, extra=extra
-        )
+        return self._json({"decision": decision, "score": score, "request_id": _request_id(request)}, extra=extra)
 
     def _model(self, request: web.Request, amount: float, income: float, region: str | None) -> web.Response:
         s = self.settings
@@ -684,17 +674,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--legacy-latency", default="0", help=f"legacy stub latency: {latency_help}")
     parser.add_argument("--model-latency", default="0", help=f"model stub latency: {latency_help}")
     parser.add_argument("--error-rate", default="0", help="share of legacy answers that are 500 (default 0)")
-    parser.add_argument(
-        "--model-error-rate", default="0", help="share of model answers that are 500 (default 0)"
-    )
+    parser.add_argument("--model-error-rate", default="0", help="share of model answers that are 500 (default 0)")
     parser.add_argument(
         "--garbage-rate",
         default="0",
         help="share of model answers that are 200 with a non-JSON body (default 0)",
     )
-    parser.add_argument(
-        "--hang-rate", default="0", help="share of model requests that never get an answer (default 0)"
-    )
+    parser.add_argument("--hang-rate", default="0", help="share of model requests that never get an answer (default 0)")
     parser.add_argument(
         "--disagree-rate",
         default="0.05",
@@ -762,9 +748,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[StubSettings, StubSett
             if not sep or not name:
                 raise ValueError(f"--segment-disagree: {part!r} is not SEGMENT=RATE (e.g. apac=0.3)")
             if args.segments is not None and name not in segments:
-                raise ValueError(
-                    f"--segment-disagree: segment {name!r} is not in --segments ({','.join(segments)})"
-                )
+                raise ValueError(f"--segment-disagree: segment {name!r} is not in --segments ({','.join(segments)})")
             overrides[name] = _flag_rate(f"--segment-disagree {name}", rate.strip())
 
     def latency(flag: str, value: object) -> str:
@@ -819,8 +803,7 @@ async def _serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         print(
-            f"stubs: legacy {stubs.legacy_url} model {stubs.model_url} "
-            f"(segments {','.join(segments)}; Ctrl-C to stop)",
+            f"stubs: legacy {stubs.legacy_url} model {stubs.model_url} (segments {','.join(segments)}; Ctrl-C to stop)",
             flush=True,
         )
         await stop.wait()

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from proxy.app import ShadowProxy
 from proxy.config import Config
 from proxy.loading import loaded_from_config
 from proxy.log import configure_logging
@@ -30,6 +31,7 @@ from proxy.server import Server
 
 configure_logging("warning", "json")
 
+ADMIN_TOKEN = "admin-secret-token"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -174,7 +176,9 @@ async def upstreams() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
 async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]:
     running: list[RunningProxy] = []
 
-    async def make(routes: list[dict[str, Any]], **top: Any) -> RunningProxy:
+    async def make(
+        routes: list[dict[str, Any]], environ: dict[str, str] | None = None, store: Any = None, **top: Any
+    ) -> RunningProxy:
         audit_dir = tmp_path / f"audit-{len(running)}"
         raw = _merge(
             {
@@ -186,7 +190,9 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Ru
             },
             top,
         )
-        server = Server(loaded_from_config(Config.model_validate(raw), tmp_path))
+        loaded = loaded_from_config(Config.model_validate(raw), tmp_path)
+        env = {"SHADOW_PROXY_ADMIN_TOKEN": ADMIN_TOKEN} if environ is None else environ
+        server = Server(loaded, proxy=ShadowProxy(loaded, environ=env, store=store))
         bound = await server.start()
         proxy = RunningProxy(
             server, audit_dir, f"http://127.0.0.1:{bound.proxy_port}", f"http://127.0.0.1:{bound.admin_port}"

@@ -32,6 +32,7 @@ MINIMAL_ROUTE: dict[str, Any] = {
 }
 DELETE = object()
 
+
 @pytest.fixture(autouse=True)
 def _no_inherited_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner's own SHADOW_PROXY_* variables must not leak into these tests."""
@@ -226,8 +227,7 @@ INVALID = {
     ),
     "invalid JMESPath": (
         {"routes.0.decision.model": "decision[["},
-        "routes[0].decision.model: 'decision[[' is not a valid JMESPath expression "
-        "(unexpected '[' at character 10)",
+        "routes[0].decision.model: 'decision[[' is not a valid JMESPath expression (unexpected '[' at character 10)",
     ),
     "duplicate route names": (
         {"routes.1": MINIMAL_ROUTE},
@@ -284,9 +284,7 @@ def test_several_problems_give_several_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    raw = config_with(
-        **{"store.url": "sqlite://", "routes.0.model.timeout": "soon", "routes.0.stage": "live"}
-    )
+    raw = config_with(**{"store.url": "sqlite://", "routes.0.model.timeout": "soon", "routes.0.stage": "live"})
     Path("config.yaml").write_text(yaml.safe_dump(raw))
     code, errors, _ = run_check("config.yaml", capsys)
     assert code == 2
@@ -608,9 +606,7 @@ def test_parse_rate_rejects_other_forms_with_the_hint(text: Any) -> None:
     [({"rate": "50/s"}, 50), ({"rate": "6000/m"}, 100), ({"rate": "1/m"}, 1),
      ({"rate": "50/s", "burst": 7}, 7), ({}, None)],
 )  # fmt: skip
-def test_budget_burst_defaults_to_one_seconds_worth_of_the_rate(
-    budget: dict[str, Any], burst: int | None
-) -> None:
+def test_budget_burst_defaults_to_one_seconds_worth_of_the_rate(budget: dict[str, Any], burst: int | None) -> None:
     assert Budget.model_validate(budget).burst_calls == burst
 
 

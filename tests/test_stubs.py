@@ -184,9 +184,7 @@ async def test_model_disagreement_rate_close_to_configured() -> None:
             assert answer["model_version"] == "credit-v9"
             assert answer["reasons"] and all(isinstance(r, str) and len(r) < 60 for r in answer["reasons"])
             assert isinstance(answer["usage"]["total_tokens"], int) and answer["usage"]["total_tokens"] > 0
-            (agree_conf if answer["decision"] == decision_of(body) else disagree_conf).append(
-                answer["confidence"]
-            )
+            (agree_conf if answer["decision"] == decision_of(body) else disagree_conf).append(answer["confidence"])
         assert stubs.model_stats.disagreements == len(disagree_conf)
         assert stubs.model_stats.requests == 1000
     rate = len(disagree_conf) / 1000
@@ -275,9 +273,7 @@ async def test_client_timeout_on_a_hang_then_the_stub_still_serves() -> None:
     async with running(model=StubSettings(seed=1)) as (stubs, session):
         stubs.model_settings.hang_rate = 1.0
         with pytest.raises(asyncio.TimeoutError):
-            await session.post(
-                stubs.model_url + "/v1/decide", json=APPROVE, timeout=aiohttp.ClientTimeout(total=0.1)
-            )
+            await session.post(stubs.model_url + "/v1/decide", json=APPROVE, timeout=aiohttp.ClientTimeout(total=0.1))
         stubs.model_settings.hang_rate = 0.0
         status, _, _ = await post(session, stubs.model_url, APPROVE)
         assert status == 200

@@ -59,11 +59,22 @@ def counts(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {n:,}" for k, n in sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+# The figures a reader of a terminal table needs; JSON and HTML keep the whole evidence.
+_EVIDENCE_KEYS = ("samples", "agreement", "agreement_lower", "error_rate", "p99_ms", "dwell_s", "breaches")
+
+
 def evidence(e: Any) -> str:
-    """Transition evidence on one line: ``samples=2400 agreement=0.971``."""
-    if isinstance(e, dict):
-        return " ".join(f"{k}={value(v)}" for k, v in e.items())
-    return "" if e is None else value(e)
+    """Transition evidence on one line: ``samples=2400 agreement=0.971 ... checks: all passed``."""
+    if not isinstance(e, dict):
+        return "" if e is None else value(e)
+    parts = [f"{k}={value(e[k])}" for k in _EVIDENCE_KEYS if e.get(k) is not None]
+    checks = e.get("checks")
+    if isinstance(checks, list) and checks:
+        failed = [str(c.get("name")) for c in checks if isinstance(c, dict) and not c.get("pass")]
+        parts.append("failed: " + ", ".join(failed) if failed else "checks: all passed")
+    if not parts:
+        parts = [f"{k}={value(v)}" for k, v in e.items()]
+    return " ".join(parts)
 
 
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import orjson
 
 from proxy.decisions import json_equal
 from proxy.stats import LatencyHistogram
+from proxy.windows import sample_state
 
 OTHER = "(other)"  # never canonical JSON, so it cannot collide with a real label
 MAX_LABELS = 1000
@@ -87,20 +88,6 @@ def _latency(value: Any) -> float | None:
     if type(value) is float or type(value) is int:
         return value
     return None
-
-
-def sample_state(stage: Any, agree: Any, primary: dict, model: dict) -> str:
-    """``sample``, ``unpaired`` (agree is null) or ``excluded`` by the stage's rule (SPEC §6):
-    in assisted stage a suggestion that was not shown, in autonomous stage a primary answer that
-    was not the background sample (a fallback).
-    """
-    if agree is not True and agree is not False:
-        return "unpaired"
-    if stage == "assisted" and model.get("suggestion_shown") is False:
-        return "excluded"
-    if stage == "autonomous" and primary.get("sampled") is False:
-        return "excluded"
-    return "sample"
 
 
 class GroupStats:
