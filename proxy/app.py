@@ -20,6 +20,7 @@ from aiohttp import web
 
 from proxy.admin import build_admin_app
 from proxy.audit import Chain, Redactor
+from proxy.budgets import BudgetGate, Pacer
 from proxy.circuit import Circuit
 from proxy.config import Route
 from proxy.controller import StageController
@@ -35,6 +36,7 @@ from proxy.recorder import Recorder
 from proxy.records import RecordBuilder
 from proxy.routes import RouteRuntime, RouteTable, model_counter
 from proxy.sinks import FileSink, Sink
+from proxy.stages import Stage
 from proxy.store import Store, StoreError, open_store
 from proxy.tasks import TaskOwner
 from proxy.upstream import Upstream
@@ -64,6 +66,7 @@ class ShadowProxy:
         self.background = TaskOwner("background")
         self._rng, self._clock = rng, clock
         self._environ = os.environ if environ is None else environ
+        self.store = store if store is not None else open_store(config.store)
         self.routes = RouteTable([self._route(r) for r in config.routes])
         self.default = Upstream(config.default_upstream, 30.0, name="default") if config.default_upstream else None
         self.recorder = Recorder(
@@ -77,7 +80,6 @@ class ShadowProxy:
         )
         self.recorder.observe(self._count_decisions)
         self.recorder.observe(self._record_stats)
-        self.store = store if store is not None else open_store(config.store)
         self.controller = StageController(
             self.routes, self.store, loaded.policies, self.recorder.submit, self.metrics, self.background, clock=clock
         )
@@ -100,6 +102,7 @@ class ShadowProxy:
         primary = Upstream(cfg.primary.url, cfg.primary.timeout, name=f"{cfg.name}/primary")
         model_upstream = Upstream(cfg.model.url, cfg.model.timeout, name=f"{cfg.name}/model")
         decisions = RouteDecisions(cfg)
+        gate = BudgetGate(cfg.name, cfg.budget, self.store, clock=self._clock, on_store_failure=self._store_failed)
         model = ModelPath(
             route=cfg.name,
             upstream=model_upstream,
@@ -110,8 +113,12 @@ class ShadowProxy:
             owner=self.model_tasks,
             count=model_counter(self.metrics, cfg.name),
             observe_latency=self.metrics.upstream_latency.labels(cfg.name, "model").observe,
+            budget=gate if gate.active else None,
         )
         return RouteRuntime(cfg=cfg, primary=primary, model=model, decisions=decisions, metrics=self.metrics)
+
+    def _store_failed(self, operation: str) -> None:
+        self.metrics.store_errors.labels(operation).inc()
 
     def _sink(self) -> Sink:
         sink = self.config.audit.sink
@@ -139,6 +146,11 @@ class ShadowProxy:
         live.add(
             "shadow_proxy_stage", "Stage: 0 shadow, 1 assisted, 2 autonomous.", ["route"],
             lambda: [((r.name,), r.stage.level) for r in routes],
+        )  # fmt: skip
+        live.add(
+            "shadow_proxy_budget_remaining", "Budget left: calls now (rate), spend this window (cost).",
+            ["route", "kind"],
+            lambda: [((r.name, kind), left) for r in routes for kind, left in r.budget_view().items()],
         )  # fmt: skip
         live.add(
             "shadow_proxy_audit_queue_records", "Records waiting to be written.", [],
@@ -182,6 +194,11 @@ class ShadowProxy:
         await self._probe_upstreams()
         self._recorder_task = self.background.spawn(self.recorder.run(), name="audit-writer")
         await self.controller.start()
+        for route in self.routes.routes:
+            gate = route.model.budget
+            if gate is not None and gate.limit is not None and gate.window_s is not None:
+                pacer = Pacer(gate, route.cfg.mirror.sample, self._clock)
+                self.background.spawn(self._pace(route, pacer), name=f"pacing-{route.name}")
 
     async def _probe_upstreams(self) -> None:
         """Warn, in one line each, about upstreams not reachable now (a sidecar's may start later)."""
@@ -192,6 +209,15 @@ class ShadowProxy:
         for upstream, reason in zip(unique.values(), reasons, strict=True):
             if reason is not None:
                 log.warning("upstream.unreachable", upstream=upstream.name, url=upstream.base_url, reason=reason)
+
+    async def _pace(self, route: RouteRuntime, pacer: Pacer, every_s: float = 1.0) -> None:
+        """Keep the route's shadow sample rate where its cost budget lasts the window."""
+        while True:
+            await asyncio.sleep(every_s)
+            if route.stage is Stage.SHADOW:
+                route.sample_rate = pacer.update()
+            else:
+                route.sample_rate = pacer.configured
 
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Wait until in-flight model calls finish and their records are written (tests, demo)."""

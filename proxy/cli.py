@@ -70,6 +70,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(loaded.config.log.level, loaded.config.log.format)
+    if args.workers > 1:
+        from proxy.workers import run_workers, shared_store_problem
+
+        problem = shared_store_problem(loaded, args.workers)
+        if problem:
+            return _fail(problem)
+        return run_workers(loaded, args.workers)
     _use_uvloop()
     try:
         asyncio.run(serve(loaded))
@@ -132,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = _add(sub, "run", cmd_run, "serve traffic and the admin API until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    run.add_argument("--workers", type=int, default=1, help="processes serving one port (needs a redis:// store)")
 
     check = _add(sub, "check", cmd_check, "validate a config and every policy it names")
     check.add_argument("-c", "--config", required=True, help="config file (YAML)")

@@ -73,6 +73,7 @@ class StageController:
         self._clock = clock
         self._sync_every = sync_every_s
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Load (or initialise) each route's state and start its evaluation loop."""
@@ -86,6 +87,20 @@ class StageController:
                 state = initial
             self._adopt(route, state)
             self._owner.spawn(self._loop(route), name=f"stage-{route.name}")
+        watch = getattr(self.store, "watch", None)
+        if watch is not None:  # a shared store tells every replica at once; the loops are the fallback
+            self._owner.spawn(watch(self._changed, self._stopping), name="stage-watch")
+
+    def _changed(self, name: str) -> None:
+        route = self.routes.by_name.get(name)
+        if route is not None:
+            self._owner.spawn(self._refresh(route), name=f"stage-refresh-{name}")
+
+    async def _refresh(self, route: RouteRuntime) -> None:
+        try:
+            await self._current(route)
+        except StoreError as exc:
+            log.warning("stage.refresh_failed", route=route.name, error=str(exc))
 
     def _adopt(self, route: RouteRuntime, state: RouteState) -> None:
         previous = route.state

@@ -6,10 +6,12 @@ are read at scrape time through :class:`LiveGauges` callbacks, so the request pa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 P = "shadow_proxy_"
@@ -81,4 +83,10 @@ class Metrics:
         r.register(self.live)
 
     def render(self) -> bytes:
+        """The text exposition; with ``--workers`` (multiprocess mode) every worker's counters."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            registry.register(self.live)
+            return generate_latest(registry)
         return generate_latest(self.registry)

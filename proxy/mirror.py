@@ -26,11 +26,16 @@ from proxy.upstream import Upstream
 class BudgetPort(Protocol):
     """What the model path asks of a route's budget (see :mod:`proxy.budgets`)."""
 
+    limit: float | None
+    window_s: float | None
+
     async def acquire(self) -> Skip | None: ...
 
     async def charge(self, cost: float) -> None: ...
 
     def price(self, units: float | None) -> float: ...
+
+    def remaining(self) -> dict[str, float]: ...
 
 
 class ModelPath:

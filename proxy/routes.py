@@ -55,9 +55,10 @@ class RouteRuntime:
         self.stage = state.stage
         self.epoch = state.epoch
 
-    def budget_view(self) -> dict[str, Any]:
-        """What is left of the route's budgets (for the admin API)."""
-        return {}
+    def budget_view(self) -> dict[str, float]:
+        """What is left of the route's budgets (last known; for the admin API and the gauge)."""
+        gate = self.model.budget
+        return gate.remaining() if gate is not None else {}
 
     def matches(self, method: str, path: str) -> bool:
         return path.startswith(self.prefix) and (self.methods is None or method in self.methods)

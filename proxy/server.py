@@ -61,7 +61,7 @@ class Server:
         await site.start()
         self._admin = web.AppRunner(self.proxy.admin_app(), handle_signals=False, access_log=None)
         await self._admin.setup()
-        admin_site = web.TCPSite(self._admin, config.admin.host, config.admin.port)
+        admin_site = web.TCPSite(self._admin, config.admin.host, config.admin.port, reuse_port=self.reuse_port or None)
         await admin_site.start()
         self.bound = Bound(_port(self._runner), _port(self._admin))
         log.info(
@@ -93,9 +93,14 @@ def _port(runner: web.AppRunner) -> int:
     raise RuntimeError("listener has no TCP address")
 
 
-async def serve(loaded: Loaded, *, on_started: Callable[[Bound], Awaitable[None] | None] | None = None) -> None:
+async def serve(
+    loaded: Loaded,
+    *,
+    reuse_port: bool = False,
+    on_started: Callable[[Bound], Awaitable[None] | None] | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT, then shut down in order."""
-    server = Server(loaded)
+    server = Server(loaded, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

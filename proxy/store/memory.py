@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from proxy.budgets import LocalBudget, Verdict
 from proxy.stages import RouteState
 from proxy.store import StatsKey
 from proxy.windows import TIERS, WindowStats, tier_for
@@ -17,6 +18,7 @@ class MemoryStore:
         self._states: dict[str, RouteState] = {}
         self._buckets: dict[tuple[str, int, int], dict[int, WindowStats]] = {}
         self._clock = clock
+        self._budgets: dict[str, LocalBudget] = {}
 
     async def ping(self) -> None:
         return None
@@ -58,3 +60,15 @@ class MemoryStore:
         buckets = self._buckets.get((route, epoch, resolution), {})
         first = int(since // resolution) * resolution
         return WindowStats.total(b for start, b in buckets.items() if first <= start <= until)
+
+    async def budget_acquire(
+        self, route: str, rate_per_s: float | None, burst: int | None, limit: float | None, window_s: float | None
+    ) -> Verdict:
+        budget = self._budgets.get(route)
+        if budget is None:
+            budget = self._budgets[route] = LocalBudget(rate_per_s, burst, limit, window_s, self._clock)
+        return budget.acquire()
+
+    async def budget_charge(self, route: str, amount: float, window_s: float | None) -> float:
+        budget = self._budgets.get(route)
+        return budget.charge(amount) if budget is not None else 0.0

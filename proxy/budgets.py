@@ -1,0 +1,243 @@
+"""Budgets (SPEC §5): rate (GCRA) and cost (fixed UTC-aligned windows), and shadow pacing.
+
+The arithmetic is pure (:func:`gcra`, :func:`window_start`, :func:`paced_rate`); the Redis store runs
+the same GCRA in one Lua script (``store/lua/budget_acquire.lua``) so replicas share one budget
+atomically. :class:`BudgetGate` is what the model path asks before each call; when the store fails it
+applies ``on_store_error``: ``closed`` refuses the call, ``open`` stands in with local limits at
+``local_share`` of the budget, so N replicas cannot spend N times the limit unnoticed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.config import Budget
+from proxy.log import get_logger
+from proxy.stages import Skip
+from proxy.store import StoreError
+
+log = get_logger("proxy.budgets")
+
+STORE_RETRY_S = 1.0  # after a store failure, stand in locally this long before asking it again
+
+
+# --- pure arithmetic --------------------------------------------------------------------------
+
+
+def gcra(tat: float, now: float, interval: float, burst: int) -> tuple[bool, float, int]:
+    """Generic cell rate algorithm: ``(allowed, new_tat, calls_left)``.
+
+    ``tat`` is the theoretical arrival time of the next call; ``interval`` = 1 / rate; up to ``burst``
+    calls may go at once after idling. A refused call leaves ``tat`` unchanged.
+    """
+    base = max(tat, now)
+    new_tat = base + interval
+    if new_tat - now > burst * interval + 1e-9:
+        return False, tat, 0
+    left = math.floor((burst * interval - (new_tat - now)) / interval + 1e-9)
+    return True, new_tat, max(0, left)
+
+
+def window_start(now: float, window_s: float) -> int:
+    """Start of the fixed window containing ``now``; aligned to the Unix epoch, so UTC (1d: midnight)."""
+    return int(now // window_s * window_s)
+
+
+def price(per_request: float, per_1k_units: float, units: float | None) -> float:
+    """What one answered model call costs."""
+    return per_request + per_1k_units * (units or 0.0) / 1000.0
+
+
+def paced_rate(configured: float, current: float, spend_per_s: float, remaining: float, seconds_left: float,
+               *, floor: float = 0.001, step: float = 0.5) -> float:  # fmt: skip
+    """The shadow sample rate that spreads the remaining budget over the rest of the window.
+
+    ``spend_per_s`` is the spend rate observed at ``current``; the target is ``remaining /
+    seconds_left``. The rate moves ``step`` of the way to its target each call (smooth, no
+    oscillation), never above ``configured`` and never below ``floor`` (the model never goes dark
+    before the limit is actually reached).
+    """
+    if remaining <= 0:
+        return floor * configured
+    if spend_per_s <= 0 or current <= 0:
+        target = configured
+    else:
+        target = min(configured, current * (remaining / max(seconds_left, 1.0)) / spend_per_s)
+    moved = current + step * (target - current)
+    return max(floor * configured, min(configured, moved))
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    allowed: bool
+    reason: Skip | None = None
+    calls_left: int | None = None
+    spent: float | None = None
+
+
+class LocalBudget:
+    """Budget arithmetic in this process: the memory store's, and the ``open`` mode's stand-in."""
+
+    def __init__(self, rate_per_s: float | None, burst: int | None, limit: float | None, window_s: float | None,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.interval = 1.0 / rate_per_s if rate_per_s else None
+        self.burst = burst or 1
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._tat = 0.0
+        self._window = -1
+        self.spent = 0.0
+
+    def _roll(self, now: float) -> None:
+        if self.window_s is not None and (start := window_start(now, self.window_s)) != self._window:
+            self._window, self.spent = start, 0.0
+
+    def acquire(self) -> Verdict:
+        now = self._clock()
+        self._roll(now)
+        if self.limit is not None and self.spent >= self.limit:
+            return Verdict(False, Skip.COST, spent=self.spent)
+        if self.interval is None:
+            return Verdict(True, spent=self.spent)
+        allowed, self._tat, left = gcra(self._tat, now, self.interval, self.burst)
+        return Verdict(allowed, None if allowed else Skip.RATE, left, self.spent)
+
+    def charge(self, amount: float) -> float:
+        self._roll(self._clock())
+        self.spent += amount
+        return self.spent
+
+
+class BudgetGate:
+    """A route's budgets as the model path sees them: :meth:`acquire` before, :meth:`charge` after.
+
+    Asks the shared store (``store.budget_acquire`` / ``store.budget_charge``); on a store failure it
+    applies ``on_store_error`` and does not ask the store again for ``STORE_RETRY_S``.
+    """
+
+    def __init__(self, route: str, budget: Budget, store: object, *, clock: Callable[[], float] = time.time,
+                 on_store_failure: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.route = route
+        self.budget = budget
+        self.store = store
+        self._clock = clock
+        cost = budget.cost
+        self.rate_per_s = budget.rate.per_second if budget.rate else None
+        self.burst = budget.burst_calls
+        self.limit = cost.limit if cost else None
+        self.window_s = cost.window if cost else None
+        share = budget.local_share
+        self.local = LocalBudget(
+            self.rate_per_s * share if self.rate_per_s else None,
+            max(1, math.floor((self.burst or 1) * share)) if self.burst else None,
+            self.limit * share if self.limit is not None else None,
+            self.window_s,
+            clock,
+        )
+        self._down_until = 0.0
+        self._on_failure = on_store_failure
+        self.calls_left: int | None = self.burst
+        self.spent = 0.0
+        self.degraded = False
+
+    @property
+    def active(self) -> bool:
+        return self.rate_per_s is not None or self.limit is not None
+
+    def price(self, units: float | None) -> float:
+        cost = self.budget.cost
+        return price(cost.per_request, cost.per_1k_units, units) if cost else 0.0
+
+    async def acquire(self) -> Skip | None:
+        """None when the call may go; else why not (``rate`` or ``cost``)."""
+        if self._clock() >= self._down_until:
+            try:
+                verdict: Verdict = await self.store.budget_acquire(  # type: ignore[attr-defined]
+                    self.route, self.rate_per_s, self.burst, self.limit, self.window_s
+                )
+                self.degraded = False
+            except StoreError as exc:
+                verdict = self._store_failed(exc)
+        else:
+            verdict = self._stand_in()
+        if verdict.calls_left is not None:
+            self.calls_left = verdict.calls_left
+        if verdict.spent is not None:
+            self.spent = verdict.spent
+        return None if verdict.allowed else verdict.reason
+
+    async def charge(self, cost: float) -> None:
+        if self.limit is None or cost <= 0:
+            return
+        self.local.charge(cost)
+        if self.degraded:
+            return
+        try:
+            self.spent = await self.store.budget_charge(self.route, cost, self.window_s)  # type: ignore[attr-defined]
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: Exception) -> Verdict:
+        if not self.degraded:
+            log.warning("budget.store_failed", route=self.route, mode=self.budget.on_store_error, error=str(exc))
+        self.degraded = True
+        self._down_until = self._clock() + STORE_RETRY_S
+        if self._on_failure is not None:
+            self._on_failure("budget")
+        return self._stand_in()
+
+    def _stand_in(self) -> Verdict:
+        if self.budget.on_store_error == "open":
+            return self.local.acquire()
+        reason = Skip.RATE if self.rate_per_s is not None else Skip.COST
+        return Verdict(False, reason)
+
+    def remaining(self) -> dict[str, float]:
+        """What is left, for the ``budget_remaining`` gauge and the admin API (last known)."""
+        out: dict[str, float] = {}
+        if self.rate_per_s is not None and self.calls_left is not None:
+            out["rate"] = float(self.calls_left)
+        if self.limit is not None:
+            out["cost"] = round(max(0.0, self.limit - self.spent), 9)
+        return out
+
+
+class Pacer:
+    """Spreads a route's cost budget over its window by lowering the shadow sample rate.
+
+    Every :meth:`update` measures the spend rate from the window's total as the store reports it
+    (so every replica sees the spend of all), smoothed, and moves the sample rate toward the rate
+    at which the remaining budget lasts until the window ends (:func:`paced_rate`).
+    """
+
+    def __init__(self, gate: BudgetGate, configured: float, clock: Callable[[], float] = time.time) -> None:
+        self.gate = gate
+        self.configured = configured
+        self.rate = configured
+        self._clock = clock
+        self._last: tuple[float, float] | None = None
+        self._spend_per_s: float | None = None
+
+    def update(self) -> float:
+        gate, now = self.gate, self._clock()
+        assert gate.limit is not None and gate.window_s is not None
+        spent = gate.spent
+        if self._last is not None:
+            then, before = self._last
+            if spent < before:  # a new window: forget the old rate
+                self._spend_per_s = None
+            elif now > then:
+                observed = (spent - before) / (now - then)
+                previous = self._spend_per_s
+                self._spend_per_s = observed if previous is None else 0.7 * previous + 0.3 * observed
+        self._last = (now, spent)
+        seconds_left = window_start(now, gate.window_s) + gate.window_s - now
+        self.rate = paced_rate(self.configured, self.rate, self._spend_per_s or 0.0, gate.limit - spent, seconds_left)
+        return self.rate
