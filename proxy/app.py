@@ -96,6 +96,7 @@ class ShadowProxy:
         )
         self._recorder_task: asyncio.Task[None] | None = None
         self.draining = False
+        self._stats_failing = False
         self._live_gauges()
 
     def _route(self, cfg: Route) -> RouteRuntime:
@@ -180,7 +181,13 @@ class ShadowProxy:
             await self.store.add_stats(deltas)
         except StoreError as exc:
             self.metrics.store_errors.labels("stats").inc()
-            log.warning("stats.store_failed", error=str(exc), buckets=len(deltas))
+            if not self._stats_failing:  # once per outage, not once per batch
+                log.warning("stats.store_failed", error=str(exc), buckets=len(deltas))
+            self._stats_failing = True
+            return
+        if self._stats_failing:
+            log.info("stats.store_recovered")
+            self._stats_failing = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -58,10 +58,11 @@ def paced_rate(configured: float, current: float, spend_per_s: float, remaining:
     ``spend_per_s`` is the spend rate observed at ``current``; the target is ``remaining /
     seconds_left``. The rate moves ``step`` of the way to its target each call (smooth, no
     oscillation), never above ``configured`` and never below ``floor`` (the model never goes dark
-    before the limit is actually reached).
+    before the limit is actually reached). Once the limit is reached pacing stops: calls are then
+    refused and recorded as ``skipped: cost``, which says more than ``sampled_out``.
     """
     if remaining <= 0:
-        return floor * configured
+        return configured
     if spend_per_s <= 0 or current <= 0:
         target = configured
     else:
@@ -99,19 +100,25 @@ class LocalBudget:
         if self.window_s is not None and (start := window_start(now, self.window_s)) != self._window:
             self._window, self.spent = start, 0.0
 
-    def acquire(self) -> Verdict:
+    def acquire(self, reserve: float = 0.0) -> Verdict:
+        """Decide a call; when allowed, add ``reserve`` (its expected cost) to the window's spend."""
         now = self._clock()
         self._roll(now)
         if self.limit is not None and self.spent >= self.limit:
             return Verdict(False, Skip.COST, spent=self.spent)
-        if self.interval is None:
-            return Verdict(True, spent=self.spent)
-        allowed, self._tat, left = gcra(self._tat, now, self.interval, self.burst)
-        return Verdict(allowed, None if allowed else Skip.RATE, left, self.spent)
+        left = None
+        if self.interval is not None:
+            allowed, self._tat, left = gcra(self._tat, now, self.interval, self.burst)
+            if not allowed:
+                return Verdict(False, Skip.RATE, 0, self.spent)
+        if self.window_s is not None:
+            self.spent += reserve
+        return Verdict(True, None, left, self.spent)
 
     def charge(self, amount: float) -> float:
+        """Add ``amount`` (negative: a refund) to the current window's spend, never below zero."""
         self._roll(self._clock())
-        self.spent += amount
+        self.spent = max(0.0, self.spent + amount)
         return self.spent
 
 
@@ -143,6 +150,7 @@ class BudgetGate:
         )
         self._down_until = 0.0
         self._on_failure = on_store_failure
+        self.expected_cost = cost.per_request if cost else 0.0
         self.calls_left: int | None = self.burst
         self.spent = 0.0
         self.degraded = False
@@ -155,47 +163,58 @@ class BudgetGate:
         cost = self.budget.cost
         return price(cost.per_request, cost.per_1k_units, units) if cost else 0.0
 
-    async def acquire(self) -> Skip | None:
-        """None when the call may go; else why not (``rate`` or ``cost``)."""
+    async def acquire(self) -> tuple[Skip | None, float]:
+        """``(None, reserved)`` when the call may go, else ``(why not, 0)``.
+
+        An allowed call reserves its expected cost (a running average of recent calls) in the window,
+        so calls in flight count against the limit before they answer; :meth:`settle` corrects it.
+        """
+        reserve = self.expected_cost if self.limit is not None else 0.0
         if self._clock() >= self._down_until:
             try:
                 verdict: Verdict = await self.store.budget_acquire(  # type: ignore[attr-defined]
-                    self.route, self.rate_per_s, self.burst, self.limit, self.window_s
+                    self.route, self.rate_per_s, self.burst, self.limit, self.window_s, reserve
                 )
                 self.degraded = False
             except StoreError as exc:
-                verdict = self._store_failed(exc)
+                verdict = self._store_failed(exc, reserve)
         else:
-            verdict = self._stand_in()
+            verdict = self._stand_in(reserve)
         if verdict.calls_left is not None:
             self.calls_left = verdict.calls_left
         if verdict.spent is not None:
             self.spent = verdict.spent
-        return None if verdict.allowed else verdict.reason
+        return (None, reserve) if verdict.allowed else (verdict.reason, 0.0)
 
-    async def charge(self, cost: float) -> None:
-        if self.limit is None or cost <= 0:
+    async def settle(self, reserved: float, actual: float | None) -> None:
+        """Charge a call's actual cost against its reservation (``actual`` None: it never answered)."""
+        if self.limit is None:
             return
-        self.local.charge(cost)
+        if actual is not None:
+            self.expected_cost = 0.8 * self.expected_cost + 0.2 * actual
+        delta = (actual or 0.0) - reserved
+        if delta == 0:
+            return
+        self.local.charge(delta)
         if self.degraded:
             return
         try:
-            self.spent = await self.store.budget_charge(self.route, cost, self.window_s)  # type: ignore[attr-defined]
+            self.spent = await self.store.budget_charge(self.route, delta, self.window_s)  # type: ignore[attr-defined]
         except StoreError as exc:
-            self._store_failed(exc)
+            self._store_failed(exc, 0.0)
 
-    def _store_failed(self, exc: Exception) -> Verdict:
+    def _store_failed(self, exc: Exception, reserve: float) -> Verdict:
         if not self.degraded:
             log.warning("budget.store_failed", route=self.route, mode=self.budget.on_store_error, error=str(exc))
         self.degraded = True
         self._down_until = self._clock() + STORE_RETRY_S
         if self._on_failure is not None:
             self._on_failure("budget")
-        return self._stand_in()
+        return self._stand_in(reserve)
 
-    def _stand_in(self) -> Verdict:
+    def _stand_in(self, reserve: float) -> Verdict:
         if self.budget.on_store_error == "open":
-            return self.local.acquire()
+            return self.local.acquire(reserve)
         reason = Skip.RATE if self.rate_per_s is not None else Skip.COST
         return Verdict(False, reason)
 
@@ -231,8 +250,9 @@ class Pacer:
         spent = gate.spent
         if self._last is not None:
             then, before = self._last
-            if spent < before:  # a new window: forget the old rate
+            if spent < before:  # a new window, a new budget: start again from the configured rate
                 self._spend_per_s = None
+                self.rate = self.configured
             elif now > then:
                 observed = (spent - before) / (now - then)
                 previous = self._spend_per_s

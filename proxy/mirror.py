@@ -29,9 +29,9 @@ class BudgetPort(Protocol):
     limit: float | None
     window_s: float | None
 
-    async def acquire(self) -> Skip | None: ...
+    async def acquire(self) -> tuple[Skip | None, float]: ...
 
-    async def charge(self, cost: float) -> None: ...
+    async def settle(self, reserved: float, actual: float | None) -> None: ...
 
     def price(self, units: float | None) -> float: ...
 
@@ -104,9 +104,10 @@ class ModelPath:
     async def call(self, ex: Exchange, method: str, path_qs: str, headers: Mapping[str, str]) -> None:
         """Budget, call, classify and charge one admitted model call; fills ``ex.model``."""
         call = ex.model
+        reserved = 0.0
         try:
             if self.budget is not None:
-                denied = await self.budget.acquire()
+                denied, reserved = await self.budget.acquire()
                 if denied is not None:
                     self.skip(call, denied)
                     return
@@ -115,10 +116,12 @@ class ModelPath:
             reply = await self.upstream.call(method, path_qs, send, ex.body or None)
             self.classify(call, reply)
             self._observe(reply.latency_ms / 1000.0 if reply.latency_ms is not None else 0.0)
-            if reply.status is not None and self.budget is not None:
-                units = call.extracted.usage if call.extracted is not None else None
-                call.cost = self.budget.price(units)
-                await self.budget.charge(call.cost)
+            if self.budget is not None:
+                actual = None
+                if reply.status is not None:  # charged when the model answers, whatever it answered
+                    units = call.extracted.usage if call.extracted is not None else None
+                    actual = call.cost = self.budget.price(units)
+                await self.budget.settle(reserved, actual)
         except asyncio.CancelledError:
             if call.error is None and call.skipped is None and call.reply is None:
                 call.skipped = Skip.SHUTDOWN

@@ -177,7 +177,7 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Ru
     running: list[RunningProxy] = []
 
     async def make(
-        routes: list[dict[str, Any]], environ: dict[str, str] | None = None, store: Any = None, **top: Any
+        routes: list[dict[str, Any]], environ: dict[str, str] | None = None, store_object: Any = None, **top: Any
     ) -> RunningProxy:
         audit_dir = tmp_path / f"audit-{len(running)}"
         raw = _merge(
@@ -192,7 +192,7 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Ru
         )
         loaded = loaded_from_config(Config.model_validate(raw), tmp_path)
         env = {"SHADOW_PROXY_ADMIN_TOKEN": ADMIN_TOKEN} if environ is None else environ
-        server = Server(loaded, proxy=ShadowProxy(loaded, environ=env, store=store))
+        server = Server(loaded, proxy=ShadowProxy(loaded, environ=env, store=store_object))
         bound = await server.start()
         proxy = RunningProxy(
             server, audit_dir, f"http://127.0.0.1:{bound.proxy_port}", f"http://127.0.0.1:{bound.admin_port}"

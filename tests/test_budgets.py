@@ -69,6 +69,17 @@ def test_local_budget_charges_and_resets_with_the_window():
     assert budget.acquire().allowed and budget.spent == 0
 
 
+async def test_calls_in_flight_count_against_the_limit_and_settle_when_they_answer():
+    budget = Budget.model_validate({"cost": {"per_request": 0.25, "limit": 1.0, "window": "1h"}})
+    gate = BudgetGate("r", budget, MemoryStore(Clock()), clock=Clock())
+    reservations = [await gate.acquire() for _ in range(5)]
+    assert reservations == [(None, 0.25)] * 4 + [(Skip.COST, 0.0)]  # four in flight reach the limit
+    await gate.settle(0.25, None)  # one never answered: refunded
+    assert (await gate.acquire())[0] is None
+    await gate.settle(0.25, 0.75)  # one answered dearer than expected
+    assert gate.spent == 1.5 and gate.expected_cost == pytest.approx(0.8 * 0.25 + 0.2 * 0.75)
+
+
 def test_pacing_keeps_the_configured_rate_while_the_budget_lasts():
     # spending 1/s with 10_000 left and 3600 s to go: no need to slow down
     assert paced_rate(1.0, 1.0, spend_per_s=1.0, remaining=10_000, seconds_left=3600) == 1.0
@@ -84,8 +95,9 @@ def test_pacing_lowers_the_rate_smoothly_toward_the_sustainable_rate():
     assert rates[-1] == pytest.approx(0.25, rel=0.01)
 
 
-def test_pacing_never_goes_dark_before_the_limit():
-    assert paced_rate(0.5, 0.5, spend_per_s=100.0, remaining=0.01, seconds_left=80_000) >= 0.5 * 0.001
+def test_pacing_never_goes_dark_before_the_limit_and_stops_at_it():
+    assert paced_rate(0.5, 0.001, spend_per_s=100.0, remaining=0.01, seconds_left=80_000) >= 0.5 * 0.001
+    assert paced_rate(0.5, 0.001, spend_per_s=100.0, remaining=0.0, seconds_left=80_000) == 0.5
 
 
 async def test_pacer_spreads_the_spend_over_the_window():
@@ -114,22 +126,23 @@ def gate_on_dead_redis(mode: str, clock: Clock) -> BudgetGate:
 async def test_closed_mode_refuses_every_call_while_the_store_fails():
     clock = Clock()
     gate = gate_on_dead_redis("closed", clock)
-    assert [await gate.acquire() for _ in range(3)] == [Skip.RATE] * 3
+    assert [await gate.acquire() for _ in range(3)] == [(Skip.RATE, 0.0)] * 3
     assert gate.degraded
 
 
 async def test_open_mode_stands_in_with_local_limits_at_the_local_share():
     clock = Clock()
     gate = gate_on_dead_redis("open", clock)
-    outcomes = [await gate.acquire() for _ in range(4)]
+    outcomes = [(await gate.acquire())[0] for _ in range(4)]
     assert outcomes == [None, None, Skip.RATE, Skip.RATE]  # burst 8 x 0.25 = 2 at once
     clock.now += 1.0  # 100/s x 0.25 = 25 calls per second locally
-    allowed = sum([await gate.acquire() is None for _ in range(40)])
+    allowed = sum([(await gate.acquire())[0] is None for _ in range(40)])
     assert allowed == 2  # burst-limited: the bucket holds at most 2
-    for _ in range(5):
-        await gate.charge(0.5)
+    # each allowed call reserved 0.5 (per_request): 4 calls = 2.0; one more reaches the local 2.5
     clock.now += 10.0
-    assert await gate.acquire() is Skip.COST  # 2.5 spent = 10 x 0.25: the local share of the cost
+    assert (await gate.acquire())[0] is None
+    clock.now += 10.0
+    assert (await gate.acquire())[0] is Skip.COST  # 2.5 = 10 x 0.25: the local share of the cost
 
 
 async def test_a_failed_store_is_not_asked_again_for_a_second():

@@ -168,8 +168,8 @@ async def test_stage_set_on_one_replica_is_adopted_by_another(tmp_path, upstream
     store = MemoryStore()
     p, m = await upstreams(primary), await upstreams(Model())
     route = route_config("loan", p.url, m.url)
-    first = await make_proxy([route], store=store)
-    second = await make_proxy([route], store=store)
+    first = await make_proxy([route], store_object=store)
+    second = await make_proxy([route], store_object=store)
     await first.core.controller.set_stage("loan", Stage.ASSISTED, "by hand")
     await second.core.controller.evaluate("loan")  # what its sync loop does every few seconds
     assert second.core.routes.by_name["loan"].stage.value == "assisted"

@@ -84,6 +84,15 @@ async def test_cost_budget_refuses_once_spend_reaches_the_limit_exactly(store):
     assert not refused.allowed and refused.reason.value == "cost" and refused.spent == pytest.approx(1.0)
 
 
+async def test_allowed_calls_reserve_their_expected_cost_and_refunds_never_go_below_zero(store):
+    verdicts = [await store.budget_acquire("r", None, None, 1.0, 3600.0, 0.4) for _ in range(4)]
+    assert [v.allowed for v in verdicts] == [True, True, True, False]  # 0, 0.4, 0.8 < 1.0; 1.2 is not
+    assert [v.spent for v in verdicts] == pytest.approx([0.4, 0.8, 1.2, 1.2])
+    assert await store.budget_charge("r", -0.4, 3600.0) == pytest.approx(0.8)
+    assert (await store.budget_acquire("r", None, None, 1.0, 3600.0, 0.0)).allowed
+    assert await store.budget_charge("r", -5.0, 3600.0) == 0
+
+
 async def test_cost_budget_resumes_in_the_next_window(store):
     window = 1.0
     await store.budget_acquire("r", None, None, 0.5, window)

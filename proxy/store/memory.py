@@ -62,12 +62,18 @@ class MemoryStore:
         return WindowStats.total(b for start, b in buckets.items() if first <= start <= until)
 
     async def budget_acquire(
-        self, route: str, rate_per_s: float | None, burst: int | None, limit: float | None, window_s: float | None
+        self,
+        route: str,
+        rate_per_s: float | None,
+        burst: int | None,
+        limit: float | None,
+        window_s: float | None,
+        reserve: float = 0.0,
     ) -> Verdict:
         budget = self._budgets.get(route)
         if budget is None:
             budget = self._budgets[route] = LocalBudget(rate_per_s, burst, limit, window_s, self._clock)
-        return budget.acquire()
+        return budget.acquire(reserve)
 
     async def budget_charge(self, route: str, amount: float, window_s: float | None) -> float:
         budget = self._budgets.get(route)

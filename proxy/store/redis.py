@@ -9,9 +9,9 @@ keys share a slot and its Lua scripts stay legal on a cluster)::
     P:{route}:w:EPOCH:RES:START          hash of window counts, ``cost`` and ``h:<bucket>`` latency counts
     P:stage                              pub/sub channel: a route's state changed
 
-Every failure (refused, timed out, reset) becomes :class:`~proxy.store.StoreError` after one attempt:
-callers decide the fallback (SPEC §5), and the client never waits on retries. The client reconnects by
-itself on the next command.
+Every failure (refused, timed out, reset) becomes :class:`~proxy.store.StoreError` after one immediate
+retry (which replaces a connection Redis closed when it restarted): callers decide the fallback
+(SPEC §5), and the client never waits on backoff. The client reconnects by itself on the next command.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class RedisStore:
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),  # one immediate retry replaces a stale pooled connection
             health_check_interval=15,
             max_connections=256,
         )
@@ -137,13 +137,20 @@ class RedisStore:
     # --- budgets ------------------------------------------------------------------------------
 
     async def budget_acquire(
-        self, route: str, rate_per_s: float | None, burst: int | None, limit: float | None, window_s: float | None
+        self,
+        route: str,
+        rate_per_s: float | None,
+        burst: int | None,
+        limit: float | None,
+        window_s: float | None,
+        reserve: float = 0.0,
     ) -> Verdict:
         args = [
             round(1e6 / rate_per_s) if rate_per_s else 0,
             burst or 1,
             window_s or 0,
             limit if limit is not None else 0,
+            repr(float(reserve)),
         ]
         keys = [self._key(route, "rate"), self._key(route, "cost")]
         allowed, reason, left, spent = await self._do(self._acquire(keys=keys, args=args))
