@@ -32,8 +32,6 @@ from proxy.upstream import Upstream, request_headers, response_headers
 
 log = get_logger("proxy.handler")
 
-# Headers only the proxy may set on the way to an upstream: a client must not forge a suggestion.
-_CONTROL = ("X-Model-Suggestion", "X-Shadow-Copy", "X-Shadow-Stage")
 _SKIP_FALLBACK = {
     Skip.RATE: Fallback.BUDGET,
     Skip.COST: Fallback.BUDGET,
@@ -98,10 +96,8 @@ class ProxyHandler:
         self, request: web.Request, route: RouteRuntime, body: bytes, request_id: str, started: float
     ) -> web.StreamResponse:
         headers = request_headers(
-            request.headers, client_ip=request.remote, proto=request.scheme, request_id=request_id
+            request.headers, client_ip=request.remote, proto=request.scheme, request_id=request_id, routed=True
         )
-        for name in _CONTROL:
-            headers.popall(name, None)
         ex = Exchange(
             route=route,
             stage=route.stage,

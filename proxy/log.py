@@ -12,8 +12,14 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(level: str = "info", fmt: str | None = None, stream: TextIO | None = None) -> None:
-    """Configure structlog once per process. ``fmt=None`` picks console on a TTY, JSON otherwise."""
+def configure_logging(
+    level: str = "info", fmt: str | None = None, stream: TextIO | None = None, *, cache: bool = True
+) -> None:
+    """Configure structlog once per process. ``fmt=None`` picks console on a TTY, JSON otherwise.
+
+    ``cache`` binds each logger to this configuration on first use (faster per event); tests that
+    capture logs turn it off.
+    """
     stream = stream or sys.stdout
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
@@ -36,7 +42,7 @@ def configure_logging(level: str = "info", fmt: str | None = None, stream: TextI
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=factory,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     # aiohttp and asyncio log through the stdlib; keep their warnings, in the same stream.
     logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr, format="%(message)s")

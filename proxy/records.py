@@ -73,9 +73,11 @@ class RecordBuilder:
         needs_doc = ex.route.has_segment or self.include_bodies
         doc = self.redactor.body(parse_json(ex.body)) if needs_doc else None
         if ex.route.has_segment:
-            headers = {k.lower(): v for k, v in ex.headers.items()}
-            if self.redactor:
-                headers = self.redactor.headers(headers)
+            headers: dict[str, str] = {}
+            if ex.route.segment_reads_headers:  # most segments read the body only
+                headers = {k.lower(): v for k, v in ex.headers.items()}
+                if self.redactor:
+                    headers = self.redactor.headers(headers)
             out["segment"] = jcs_value(decisions.segment(ex.method, ex.path, ex.query, headers, doc))
         if self.include_bodies:
             out["body"] = self._body(ex.body, doc)

@@ -39,6 +39,7 @@ class RouteRuntime:
         self.methods = frozenset(cfg.match.methods) if cfg.match.methods else None
         self.model_version = cfg.model.version
         self.has_segment = cfg.segment is not None
+        self.segment_reads_headers = cfg.segment is not None and "headers" in cfg.segment
         self.max_wait_s = cfg.assisted.max_wait_ms / 1000.0
         self.primary_sample = cfg.autonomous.primary_sample
         self.min_confidence = cfg.autonomous.min_confidence

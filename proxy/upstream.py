@@ -37,7 +37,19 @@ HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
-_SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_NO_DEFAULT_CONTENT_TYPE = CIMultiDict({"Content-Type": None})
+
+
+class PassthroughRequest(aiohttp.ClientRequest):
+    """A client request that adds no header the client did not send.
+
+    aiohttp would add ``Accept``, ``Accept-Encoding`` (an upstream might then compress an answer
+    the client cannot read), ``User-Agent`` and a default ``Content-Type``. Its ``skip_auto_headers``
+    option does the same but sorts and copies the headers on every request; this does it once.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        self._skip_auto_headers = _NO_DEFAULT_CONTENT_TYPE
 
 
 def _connection_named(headers: Mapping[str, str]) -> frozenset[str]:
@@ -48,11 +60,20 @@ def _connection_named(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(named)
 
 
+# Headers only the proxy may set on the way to an upstream: a client must not forge a suggestion.
+CONTROL_HEADERS = frozenset({"x-model-suggestion", "x-shadow-copy", "x-shadow-stage"})
+_NOT_FORWARDED_ROUTED = _NOT_FORWARDED | CONTROL_HEADERS
+
+
 def request_headers(
-    incoming: CIMultiDictProxy[str], *, client_ip: str | None, proto: str, request_id: str
+    incoming: CIMultiDictProxy[str], *, client_ip: str | None, proto: str, request_id: str, routed: bool = False
 ) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end ones (repeats kept) plus X-Forwarded-* and X-Request-Id."""
-    drop = _NOT_FORWARDED | _connection_named(incoming) if "Connection" in incoming else _NOT_FORWARDED
+    """Headers to send upstream: end-to-end ones (repeats kept) plus X-Forwarded-* and X-Request-Id.
+
+    On a routed request the proxy's own control headers are dropped too (:data:`CONTROL_HEADERS`).
+    """
+    base = _NOT_FORWARDED_ROUTED if routed else _NOT_FORWARDED
+    drop = base | _connection_named(incoming) if "Connection" in incoming else base
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         if name.lower() not in drop:
@@ -100,7 +121,7 @@ class Upstream:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO,
+            request_class=PassthroughRequest,
         )
 
     async def probe(self, timeout_s: float = 1.0) -> str | None:

@@ -18,6 +18,7 @@ from proxy.stats import LatencyHistogram, wilson_interval
 
 # (resolution in seconds, retention in seconds)
 TIERS: tuple[tuple[int, int], ...] = ((1, 3600), (60, 3 * 86400), (3600, 35 * 86400))
+BucketKey = tuple[str, int, int, int]  # route, epoch, resolution, bucket start
 COUNTS = ("requests", "samples", "agreed", "attempts", "errors", "timeouts", "invalid", "skipped")
 
 
@@ -134,20 +135,28 @@ class WindowStats:
         }
 
 
-def bucketize(
-    entries: Iterable[tuple[str, int, float, Mapping[str, Any]]],
-) -> dict[tuple[str, int, int, int], WindowStats]:
-    """Sum ``(route, epoch, ts, decision record)`` entries into every tier's buckets."""
-    out: dict[tuple[str, int, int, int], WindowStats] = {}
+def bucketize(entries: Iterable[tuple[str, int, float, Mapping[str, Any]]]) -> dict[BucketKey, WindowStats]:
+    """Sum ``(route, epoch, ts, decision record)`` entries into every tier's buckets.
+
+    Records are summed per second first, then each second is merged into its minute and hour: the
+    cost is one small merge per distinct second of a batch, not per record.
+    """
+    seconds: dict[tuple[str, int, int], WindowStats] = {}
     for route, epoch, ts, record in entries:
-        one = WindowStats()
-        one.add_record(record)
-        for resolution, _ in TIERS:
-            key = (route, epoch, resolution, bucket_start(ts, resolution))
-            current = out.get(key)
-            if current is None:
-                out[key] = current = WindowStats()
-            current.merge(one)
+        key = (route, epoch, int(ts))
+        bucket = seconds.get(key)
+        if bucket is None:
+            seconds[key] = bucket = WindowStats()
+        bucket.add_record(record)
+    out: dict[BucketKey, WindowStats] = {}
+    for (route, epoch, second), stats in seconds.items():
+        out[(route, epoch, 1, second)] = stats
+        for resolution, _ in TIERS[1:]:
+            key4 = (route, epoch, resolution, bucket_start(second, resolution))
+            coarse = out.get(key4)
+            if coarse is None:
+                out[key4] = coarse = WindowStats()
+            coarse.merge(stats)
     return out
 
 

@@ -29,7 +29,7 @@ from proxy.loading import loaded_from_config
 from proxy.log import configure_logging
 from proxy.server import Server
 
-configure_logging("warning", "json")
+configure_logging("warning", "json", cache=False)
 
 ADMIN_TOKEN = "admin-secret-token"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
