@@ -131,7 +131,9 @@ class ShadowProxy:
                 compress_rotated=self.config.audit.compress_rotated,
                 fsync_each_batch=self.config.audit.fsync == "batch",
             )
-        raise NotImplementedError(f"audit sink {sink!r} is not available in this build")
+        from proxy.sink_redis import RedisSink  # redis:// or rediss:// (the config accepts nothing else)
+
+        return RedisSink(sink, Path(self.config.audit.spill_dir), start_id=self.start_id)
 
     def _live_gauges(self) -> None:
         routes = self.routes.routes
@@ -159,7 +161,7 @@ class ShadowProxy:
         )  # fmt: skip
         live.add(
             "shadow_proxy_audit_spilled_records", "Records in the spill folder awaiting replay.", [],
-            lambda: [((), 0)],
+            lambda: [((), getattr(self.recorder.sink, "spilled", 0))],
         )  # fmt: skip
 
     def _count_decisions(self, pairs: list[tuple[Any, dict[str, Any]]]) -> None:
