@@ -98,6 +98,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAIL
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from proxy.export import ExportError, export
+
+    try:
+        result = export(args.url, Path(args.output))
+    except ExportError as exc:
+        return _fail(str(exc))
+    print(result.summary(Path(args.output)))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -151,10 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--audit-dir", default=None, help="keep the audit trail here (default: a temp folder)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
 
-    audit = _add(sub, "audit", lambda a: _fail("audit needs a subcommand: verify"), "audit trail tools")
+    audit = _add(sub, "audit", lambda a: _fail("audit needs a subcommand: verify or export"), "audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
     verify = _add(audit_sub, "verify", cmd_audit_verify, "check each writer's hash chain and seals")
     verify.add_argument("paths", nargs="+", metavar="AUDIT", help="audit files or folders")
+    export = _add(audit_sub, "export", cmd_audit_export, "write a Redis audit stream to JSON Lines, a file per writer")
+    export.add_argument("url", metavar="URL", help="redis://host:port/DB/STREAM")
+    export.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the files (made if missing)")
 
     report = _add(sub, "report", cmd_report, "agreement report for analysts")
     try:
