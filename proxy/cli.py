@@ -39,14 +39,21 @@ def _use_uvloop() -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _load(path: str) -> Any:
+    """The loaded config, or None after printing one line per problem to stderr."""
     from proxy.loading import ConfigError, load_config
 
     try:
-        loaded = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_USAGE
     config = loaded.config
     policies = sorted({str(p) for p in loaded.policy_files.values()})
@@ -59,15 +66,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from proxy.loading import ConfigError, load_config
     from proxy.log import configure_logging
     from proxy.server import serve
 
-    try:
-        loaded = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_USAGE
     configure_logging(loaded.config.log.level, loaded.config.log.format)
     if args.workers > 1:
