@@ -13,7 +13,7 @@ listen: {host: 127.0.0.1, port: $port}
 admin: {host: 127.0.0.1, port: ${ADMIN_PORT:-19901}}
 log: {level: info, format: json, access_sample: ${ACCESS_SAMPLE:-1.0}}
 store: {url: "${STORE:-memory://}"}
-audit: {sink: "${SINK:-file://$dir/audit}"}
+audit: {sink: "${SINK:-file://$dir/audit}", fsync: ${FSYNC:-batch}}
 default_upstream: $primary
 routes:
   - name: score

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from proxy.exchange import Exchange, Reply
 from proxy.ids import ulid
-from proxy.log import get_logger
+from proxy.log import access_event, get_logger
 from proxy.metrics import Metrics
 from proxy.mirror import valid_confidence
 from proxy.responses import json_error
@@ -253,8 +253,7 @@ class ProxyHandler:
         upstream_s = (reply.latency_ms or 0.0) / 1000.0
         route.observe_overhead(max(0.0, elapsed - upstream_s))
         if self._access_sample >= 1.0 or self._rng() < self._access_sample:
-            log.info(
-                "request",
+            access_event(
                 route=route.name,
                 stage=ex.stage.value,
                 method=ex.method,

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy.app import ShadowProxy
 from proxy.loading import Loaded
-from proxy.log import get_logger
+from proxy.log import flush_logs, get_logger
 
 log = get_logger("proxy.server")
 
@@ -84,6 +84,7 @@ class Server:
         if self._admin is not None:
             await self._admin.cleanup()
         log.info("server.stopped")
+        flush_logs()
 
 
 def _port(runner: web.AppRunner) -> int:
