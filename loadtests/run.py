@@ -242,8 +242,7 @@ class Settings:
         else:
             pin = False
         out = os.environ.get("OUT_DIR", "").strip()
-        out_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="shadow-proxy-loadtest-"))
-        return cls(
+        settings = cls(
             users=users,
             spawn_rate=_env_float("SPAWN_RATE", float(users)) or float(users),
             duration=_env_seconds("DURATION", 15.0),
@@ -262,8 +261,11 @@ class Settings:
             legacy_port=_env_int("LEGACY_PORT", 18101, 1),
             model_port=_env_int("MODEL_PORT", 18102, 1),
             master_port=_env_int("MASTER_PORT", 18157, 1),
-            out_dir=out_dir,
+            out_dir=Path(out) if out else Path(),
         )
+        if not out:  # only once every other knob is valid: a bad one leaves no empty folder behind
+            settings.out_dir = Path(tempfile.mkdtemp(prefix="shadow-proxy-loadtest-"))
+        return settings
 
 
 def _latency_s(spec: str) -> float:
