@@ -15,15 +15,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 P = "shadow_proxy_"
-# Latency buckets from 0.5 ms to 30 s: decision services live between 1 ms and a few seconds.
+# Latency buckets from 0.5 ms to 30 s, finer where decision services and model timeouts live.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
+    0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
-# Proxy overhead lives in tens of microseconds to a few milliseconds.
+# Proxy overhead: tens of microseconds in shadow stage, up to max_wait_ms in assisted stage and the
+# model timeout when autonomous falls back, so up to a few seconds.
 OVERHEAD_BUCKETS = (
-    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
-    0.005, 0.0075, 0.01, 0.02, 0.05, 0.1,
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 
 LiveSample = tuple[tuple[str, ...], float]
