@@ -52,10 +52,16 @@ class PassthroughRequest(aiohttp.ClientRequest):
         self._skip_auto_headers = _NO_DEFAULT_CONTENT_TYPE
 
 
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close"})
+
+
 def _connection_named(headers: Mapping[str, str]) -> frozenset[str]:
     """Header names listed in ``Connection`` (they are hop-by-hop too)."""
+    values = headers.getall("Connection", ()) if hasattr(headers, "getall") else ()
+    if len(values) == 1 and values[0] in _PLAIN_CONNECTION:
+        return frozenset()  # the usual case: names no other header
     named: set[str] = set()
-    for value in headers.getall("Connection", ()) if hasattr(headers, "getall") else ():
+    for value in values:
         named.update(token.strip().lower() for token in value.split(",") if token.strip())
     return frozenset(named)
 
