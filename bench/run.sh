@@ -17,7 +17,8 @@ shared="${SHARED_BENCH:-$here/../../shared/bench}"
 bash "$shared/setup.sh" 2>/dev/null | tail -1
 mkdir -p "$here/results"
 export PEERS="${PEERS:-direct,nginx-proxy,nginx-mirror,aio-uvloop-1p,aio-uvloop-2p,cmd}"
-export PEER_CMD="${PEER_CMD:-$here/peer.sh {port} {primary} {model}}"
+default_cmd="$here/peer.sh {port} {primary} {model}"  # not inside ${...:-}: its braces would end it
+export PEER_CMD="${PEER_CMD:-$default_cmd}"
 for _ in $(seq 1 "${REPS:-1}"); do
   before=$(ls "$shared"/results-*.json 2>/dev/null | wc -l)
   "$shared/.venv/bin/python" "$shared/bench.py"
