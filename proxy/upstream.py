@@ -1,8 +1,12 @@
-"""Upstream clients: one pooled, keep-alive ``ClientSession`` per upstream, and header hygiene.
+"""Upstream clients: one keep-alive connection pool per upstream, and header hygiene.
 
-The only module that opens client sockets. Bodies pass through as bytes: responses are never
-decompressed (``auto_decompress=False``) and aiohttp adds no Accept-Encoding, User-Agent or
-Content-Type of its own, so upstreams see what the client sent and clients get what upstreams sent.
+Calls on the request path go through :mod:`proxy.httpclient` (a lean client, a tenth of aiohttp's
+CPU per call); ``HEAD`` and streamed unrouted traffic go through one aiohttp ``ClientSession`` per
+upstream. With :mod:`proxy.httpclient`, the only modules that open client sockets.
+
+Bodies pass through as bytes: responses are never decompressed, and no client adds Accept-Encoding,
+User-Agent or Content-Type of its own, so upstreams see what the client sent and clients get what
+upstreams sent.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.exchange import Reply
+from proxy.httpclient import Client, ClientError
 from proxy.responses import json_error
 
 # RFC 9110 §7.6.1 connection-specific fields, plus fields a proxy must own itself.
@@ -119,7 +124,7 @@ class Upstream:
         self.name = name
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._lean = Client(self.base_url)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60, ttl_dns_cache=60)
@@ -144,6 +149,7 @@ class Upstream:
         return None
 
     async def close(self) -> None:
+        self._lean.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -158,8 +164,30 @@ class Upstream:
         timeout_s: float | None = None,
     ) -> Reply:
         """Send one request and read the whole response body; failures become ``Reply.error``."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        if method == "HEAD":
+            return await self._call_aiohttp(method, path_qs, headers, body, limit)
+        started = time.perf_counter()
+        pairs = headers.items()
+        try:
+            response = await self._lean.request(method, path_qs, pairs, body, limit)
+        except TimeoutError:
+            return Reply(latency_ms=limit * 1000.0, error="timeout", detail=f"no answer within {limit:g}s")
+        except ClientError as exc:
+            return Reply(latency_ms=(time.perf_counter() - started) * 1000.0, error="error", detail=str(exc))
+        return Reply(
+            status=response.status,
+            headers=response.headers,
+            body=response.body,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            reason=response.reason,
+        )
+
+    async def _call_aiohttp(
+        self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes | None, limit: float
+    ) -> Reply:
+        """The same call through aiohttp (HEAD: its response has no body despite Content-Length)."""
         assert self._session is not None, "Upstream.start() was not awaited"
-        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         started = time.perf_counter()
         try:
             async with self._session.request(
@@ -167,7 +195,7 @@ class Upstream:
                 self.base_url + path_qs,
                 headers=headers,
                 data=body,
-                timeout=timeout,
+                timeout=aiohttp.ClientTimeout(total=limit),
                 allow_redirects=False,
             ) as resp:
                 data = await resp.read()
@@ -179,7 +207,6 @@ class Upstream:
                     reason=resp.reason,
                 )
         except TimeoutError:
-            limit = timeout.total if timeout.total is not None else self.timeout_s
             return Reply(latency_ms=limit * 1000.0, error="timeout", detail=f"no answer within {limit:g}s")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Reply(latency_ms=(time.perf_counter() - started) * 1000.0, error="error", detail=_detail(exc))
