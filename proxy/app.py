@@ -165,12 +165,14 @@ class ShadowProxy:
         )  # fmt: skip
 
     def _count_decisions(self, pairs: list[tuple[Any, dict[str, Any]]]) -> None:
-        counter = self.metrics.decisions
+        counts: dict[tuple[str, str, str], int] = {}
         for _, record in pairs:
             if record["type"] == "decision":
                 agree = record["agree"]
-                label = "null" if agree is None else "true" if agree else "false"
-                counter.labels(record["route"], record["stage"], label).inc()
+                key = (record["route"], record["stage"], "null" if agree is None else "true" if agree else "false")
+                counts[key] = counts.get(key, 0) + 1
+        for labels, n in counts.items():  # once per label set and batch, not once per record
+            self.metrics.decisions.labels(*labels).inc(n)
 
     async def _record_stats(self, pairs: list[tuple[Any, dict[str, Any]]]) -> None:
         """Add decisions to the window statistics the policies read (shared through the store)."""

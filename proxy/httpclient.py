@@ -139,13 +139,17 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, data: bytes) -> asyncio.Future[Response]:
+    def send(self, data: bytes, deadline: float) -> asyncio.Future[Response]:
+        """Write a request; the future fails with TimeoutError at ``deadline`` (loop time)."""
         assert self.transport is not None
         self._reset()
         self.reusable = False
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = loop.call_at(deadline, self._fail, TimeoutError())
+        waiter.add_done_callback(lambda _: timer.cancel())
         self.transport.write(data)
-        return self.waiter
+        return waiter
 
 
 class Client:
@@ -200,19 +204,21 @@ class Client:
         data = self.head(method, path_qs, headers, body)
         if body:
             data += body
-        async with asyncio.timeout(timeout_s):
-            conn = self._take_idle()
-            if conn is not None:
-                try:
-                    return await self._exchange(conn, data)
-                except _StaleConnection:
-                    pass  # the server closed it while idle: once more, on a new connection
-            return await self._exchange(await self._connect(), data)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, data, deadline)
+            except _StaleConnection:
+                pass  # the server closed it while idle: once more, on a new connection
+        async with asyncio.timeout_at(deadline):
+            conn = await self._connect()
+        return await self._exchange(conn, data, deadline)
 
-    async def _exchange(self, conn: _Connection, data: bytes) -> Response:
+    async def _exchange(self, conn: _Connection, data: bytes, deadline: float) -> Response:
         done = False
         try:
-            response = await conn.send(data)
+            response = await conn.send(data, deadline)
             done = True
             return response
         finally:

@@ -14,14 +14,18 @@ from proxy.decisions import parse_json
 from proxy.exchange import Exchange, ModelCall, Reply
 from proxy.ids import ulid
 
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
+
 
 def rfc3339(ts: float) -> str:
-    """``2026-11-22T10:00:00.123456Z`` for a POSIX timestamp."""
+    """``2026-11-22T10:00:00.123456Z`` for a POSIX timestamp (the date part is formatted once a second)."""
     whole = int(ts)
     micros = round((ts - whole) * 1e6)
     if micros == 1_000_000:
         whole, micros = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def base_record(kind: str, ts: float, route: str | None = None) -> dict[str, Any]:
