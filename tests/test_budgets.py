@@ -150,3 +150,51 @@ async def test_a_failed_store_is_not_asked_again_for_a_second():
     gate = gate_on_dead_redis("open", clock)
     await gate.acquire()
     assert gate._down_until == clock.now + 1.0
+
+
+# --- one round trip for the calls of one tick ---------------------------------------------------
+
+
+def evalsha_calls(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+async def test_concurrent_calls_share_one_store_round_trip_and_keep_their_order(redis_url):
+    import asyncio
+    import uuid
+
+    budget = Budget.model_validate({"rate": "10/s", "burst": 5, "cost": {"per_request": 0.1, "limit": 100.0, "window": "1h"}})
+    store = RedisStore(redis_url, prefix=f"t-{uuid.uuid4().hex[:8]}")
+    gate = BudgetGate("r", budget, store)
+    await gate.acquire()  # loads the script
+    before = evalsha_calls(redis_url)
+    outcomes = await asyncio.gather(*(gate.acquire() for _ in range(8)))
+    assert evalsha_calls(redis_url) - before == 1
+    assert [reason for reason, _ in outcomes] == [None] * 4 + [Skip.RATE] * 4  # 5 in the burst, 1 used
+    assert [reserved for _, reserved in outcomes] == [0.1] * 4 + [0.0] * 4
+    await store.close()
+
+
+async def test_concurrent_corrections_are_charged_together(redis_url):
+    import asyncio
+    import uuid
+
+    budget = Budget.model_validate({"cost": {"per_request": 0.1, "per_1k_units": 1.0, "limit": 100.0, "window": "1h"}})
+    store = RedisStore(redis_url, prefix=f"t-{uuid.uuid4().hex[:8]}")
+    gate = BudgetGate("r", budget, store)
+    _, warm = await gate.acquire()
+    await gate.settle(warm, 0.3)  # loads the charge script (a first EVALSHA fails with NOSCRIPT)
+    reservations = await asyncio.gather(*(gate.acquire() for _ in range(6)))
+    spent_before = gate.spent
+    before = evalsha_calls(redis_url)
+    await asyncio.gather(*(gate.settle(reserved, 0.3) for _, reserved in reservations))
+    assert evalsha_calls(redis_url) - before == 1
+    assert gate.spent == pytest.approx(spent_before + sum(0.3 - reserved for _, reserved in reservations))
+    await store.close()

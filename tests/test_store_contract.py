@@ -93,6 +93,15 @@ async def test_allowed_calls_reserve_their_expected_cost_and_refunds_never_go_be
     assert await store.budget_charge("r", -5.0, 3600.0) == 0
 
 
+async def test_several_calls_are_decided_in_order_in_one_request(store):
+    rate = await store.budget_acquire("r", 10.0, 3, None, None, 0.0, 5)
+    assert (rate.granted, rate.allowed, rate.reason.value, rate.calls_left) == (3, False, "rate", 0)
+    cost = await store.budget_acquire("c", None, None, 1.0, 3600.0, 0.4, 4)
+    assert (cost.granted, cost.reason.value) == (3, "cost") and cost.spent == pytest.approx(1.2)
+    everything = await store.budget_acquire("e", 100.0, 10, 10.0, 3600.0, 0.1, 4)
+    assert (everything.granted, everything.allowed, everything.reason) == (4, True, None)
+
+
 async def test_cost_budget_resumes_in_the_next_window(store):
     window = 1.0
     await store.budget_acquire("r", None, None, 0.5, window)

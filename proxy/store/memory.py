@@ -69,11 +69,19 @@ class MemoryStore:
         limit: float | None,
         window_s: float | None,
         reserve: float = 0.0,
+        count: int = 1,
     ) -> Verdict:
         budget = self._budgets.get(route)
         if budget is None:
             budget = self._budgets[route] = LocalBudget(rate_per_s, burst, limit, window_s, self._clock)
-        return budget.acquire(reserve)
+        verdict = budget.acquire(reserve)
+        granted = int(verdict.allowed)
+        while granted < count and verdict.allowed:
+            verdict = budget.acquire(reserve)
+            granted += verdict.allowed
+        verdict.granted = granted
+        verdict.allowed = granted == count
+        return verdict
 
     async def budget_charge(self, route: str, amount: float, window_s: float | None) -> float:
         budget = self._budgets.get(route)

@@ -144,19 +144,27 @@ class RedisStore:
         limit: float | None,
         window_s: float | None,
         reserve: float = 0.0,
+        count: int = 1,
     ) -> Verdict:
+        """Decide ``count`` calls in one round trip: the first ``granted`` may go, the rest not."""
         args = [
             round(1e6 / rate_per_s) if rate_per_s else 0,
             burst or 1,
             window_s or 0,
             limit if limit is not None else 0,
             repr(float(reserve)),
+            count,
         ]
         keys = [self._key(route, "rate"), self._key(route, "cost")]
-        allowed, reason, left, spent = await self._do(self._acquire(keys=keys, args=args))
+        granted, reason, left, spent = await self._do(self._acquire(keys=keys, args=args))
         reason = reason.decode() if isinstance(reason, bytes) else reason
+        granted = int(granted)
         return Verdict(
-            bool(allowed), Skip(reason) if reason else None, int(left) if int(left) >= 0 else None, float(spent)
+            granted == count,
+            Skip(reason) if reason else None,
+            int(left) if int(left) >= 0 else None,
+            float(spent),
+            granted=granted,
         )
 
     async def budget_charge(self, route: str, amount: float, window_s: float | None) -> float:
