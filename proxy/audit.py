@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,21 +23,33 @@ REDACTED = "[REDACTED]"
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-def num(value: float) -> float | int:
+_INT64 = (-(2**63), 2**64)  # what orjson writes as an integer (signed and unsigned 64-bit)
+
+
+def num(value: float) -> float | int | orjson.Fragment:
     """A float as RFC 8785 prints it: integral values (below 1e21) become ints, -0.0 becomes 0.
 
     Above 2**53 an integral float's exact binary value is not what ECMAScript prints: it prints the
-    shortest round-trip digits padded with zeros (5.573253948024485e16 -> 55732539480244850).
+    shortest round-trip digits padded with zeros (5.573253948024485e16 -> 55732539480244850). Where
+    that integer is beyond what orjson writes, it goes in as a pre-serialised fragment.
     """
     if value.is_integer() and -1e21 < value < 1e21:
-        return int(value) if -(2**53) < value < 2**53 else int(Decimal(repr(value)))
+        if -(2**53) < value < 2**53:
+            return int(value)
+        return _integer(int(Decimal(repr(value))))
     return value
+
+
+def _integer(value: int) -> int | orjson.Fragment:
+    return value if _INT64[0] <= value < _INT64[1] else orjson.Fragment(str(value).encode())
 
 
 def jcs_value(value: Any) -> Any:
     """Normalise any JSON value for canonical serialisation (see module docstring)."""
     if isinstance(value, float):
         return num(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
+        return num(float(value))  # RFC 8785 numbers are IEEE doubles: a large integer as its double
     if isinstance(value, dict):
         return {k: jcs_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -73,12 +86,21 @@ class Chain:
         self.since_seal = 0
 
     def link(self, record: dict[str, Any]) -> bytes:
-        """Chain ``record`` in place and return its JSON line (with ``\\n``)."""
-        self.seq += 1
+        """Chain ``record`` in place and return its JSON line (with ``\\n``).
+
+        Never leaves a gap: a record orjson cannot write (a value of a type records never hold) is
+        first turned into plain JSON (unknown values as text), then chained.
+        """
         record["writer"] = self.writer
-        record["seq"] = self.seq
+        record["seq"] = self.seq + 1
         record["prev_hash"] = self.prev_hash
-        record["hash"] = self.prev_hash = hashlib.sha256(canonical(record)).hexdigest()
+        try:
+            body = canonical(record)
+        except (orjson.JSONEncodeError, TypeError):
+            record = jcs_value(json.loads(json.dumps(record, default=str)))
+            body = canonical(record)
+        self.seq += 1
+        record["hash"] = self.prev_hash = hashlib.sha256(body).hexdigest()
         self.since_seal += 1
         return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 

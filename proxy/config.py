@@ -230,7 +230,9 @@ class Primary(Strict):
 
 
 class Circuit(Strict):
-    failures: int = Field(0, ge=0, description="Consecutive failed model calls that open the circuit (0: never).")
+    failures: int = Field(
+        50, ge=0, description="Consecutive failed model calls that open the circuit (0: never)."
+    )
     cooldown: Duration = Field(5.0, gt=0, description="How long an open circuit skips the model.")
 
 

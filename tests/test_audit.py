@@ -40,8 +40,20 @@ json_values = st.recursive(
 @given(json_values)
 @example(5.573253948024485e16)  # integral float above 2**53: shortest digits, not the binary value
 @example({"b": [1.0, -0.0, 1e21, 1e-7], "a": "é"})
+@example(-9.223372036854776e18)  # integral, beyond 64-bit integers once printed as digits
+@example(1.8446744073709552e19)
 def test_canonical_form_is_rfc8785(value):
     assert canonical(jcs_value(value)) == rfc8785.dumps(value)
+
+
+def test_a_record_with_an_unwritable_value_is_still_chained_without_a_gap():
+    chain = Chain("w")
+    first = orjson.loads(chain.link({"type": "decision", "n": 1}))
+    odd = orjson.loads(chain.link({"type": "decision", "weird": {1, 2}, "huge": 2**70}))
+    third = orjson.loads(chain.link({"type": "decision", "n": 3}))
+    assert [r["seq"] for r in (first, odd, third)] == [1, 2, 3]
+    assert odd["prev_hash"] == first["hash"] and third["prev_hash"] == odd["hash"]
+    assert odd["weird"] == "{1, 2}" and record_hash(odd) == odd["hash"]
 
 
 def test_integral_floats_hash_like_integers():
