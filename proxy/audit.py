@@ -46,6 +46,9 @@ def _integer(value: int) -> int | orjson.Fragment:
 
 def jcs_value(value: Any) -> Any:
     """Normalise any JSON value for canonical serialisation (see module docstring)."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:  # most decisions and segments: nothing to do
+        return value
     if isinstance(value, float):
         return num(value)
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
