@@ -9,8 +9,8 @@ keys share a slot and its Lua scripts stay legal on a cluster)::
     P:{route}:w:EPOCH:RES:START          hash of window counts, ``cost`` and ``h:<bucket>`` latency counts
     P:stage                              pub/sub channel: a route's state changed
 
-Every failure (refused, timed out, reset) becomes :class:`~proxy.store.StoreError` after one immediate
-retry (which replaces a connection Redis closed when it restarted): callers decide the fallback
+Every failure (refused, timed out, reset) becomes :class:`~proxy.store.StoreError`, after one immediate
+retry for a broken connection only (a timeout is not retried: the script may have run): callers decide the fallback
 (SPEC §5), and the client never waits on backoff. The client reconnects by itself on the next command.
 """
 
@@ -26,6 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from proxy.budgets import Verdict
@@ -52,7 +53,10 @@ class RedisStore:
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry replaces a stale pooled connection
+            # One immediate retry on a broken connection (replaces a pooled connection Redis closed when
+            # it restarted) — never on a timeout: the script may have run, and a CAS, a budget
+            # reservation or a HINCRBY must not run twice.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=15,
             max_connections=256,
         )
