@@ -9,15 +9,19 @@ does not do: ``HEAD`` (the parser cannot be told a response has no body) and str
 
 Contract of :meth:`Client.request`: the request is sent as given (method, path with query, headers in
 order with repeats, the body with ``Content-Length``), plus ``Host``; the whole response is read; every
-failure becomes :class:`ClientError` or ``TimeoutError`` — it never hangs past its timeout. A request
-on a reused connection that the server had already closed is retried once on a new connection (as
-aiohttp does), only when no byte of a response arrived.
+failure becomes :class:`ClientError` or ``TimeoutError`` — it never hangs past its timeout. An
+idempotent request (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) on a reused connection that
+the server had already closed is retried once on a new connection, only when no byte of a response
+arrived; a POST is never sent twice. To keep that race rare, idle connections are not reused after
+``MAX_IDLE_S`` — shorter than the keep-alive timeouts of common servers (gunicorn 2 s, Node 5 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +31,11 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 MAX_RESPONSE_BYTES = 64 * 2**20
+MAX_HEADER_BYTES = 64 * 1024
 MAX_IDLE = 1024  # idle keep-alive connections kept per upstream
+MAX_IDLE_S = 1.5  # an idle connection older than this is closed, not reused
+DNS_TTL_S = 60.0
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class ClientError(Exception):
@@ -46,6 +54,12 @@ class Response:
     body: bytes
 
 
+def _reason(exc: OSError) -> str:
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__  # e.g. a resolver error: its own words
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -59,14 +73,17 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
         self.reusable = False
+        self.idle_since = 0.0
+        self.got_bytes = False
         self._reset()
 
     def _reset(self) -> None:
+        """Ready for the next response (after an informational one, ``got_bytes`` stays true)."""
         self.reason = b""
         self.raw_headers: list[tuple[str, str]] = []
+        self.header_bytes = 0
         self.parts: list[bytes] = []
         self.size = 0
-        self.got_bytes = False
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the end is not the connection's end
 
@@ -100,6 +117,10 @@ class _Connection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._fail(ClientError(f"response headers larger than {MAX_HEADER_BYTES} bytes"))
+            return
         header = _text(name)
         self.raw_headers.append((header, _text(value)))
         lowered = header.lower()
@@ -139,16 +160,19 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, data: bytes, deadline: float) -> asyncio.Future[Response]:
+    def send(self, head: bytes, body: bytes | None, deadline: float) -> asyncio.Future[Response]:
         """Write a request; the future fails with TimeoutError at ``deadline`` (loop time)."""
         assert self.transport is not None
         self._reset()
+        self.got_bytes = False
         self.reusable = False
         loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
         timer = loop.call_at(deadline, self._fail, TimeoutError())
         waiter.add_done_callback(lambda _: timer.cancel())
-        self.transport.write(data)
+        self.transport.write(head)
+        if body:
+            self.transport.write(body)  # not joined to the head: no copy of a large body
         return waiter
 
 
@@ -166,23 +190,53 @@ class Client:
         self.prefix = parts.path.rstrip("/")
         self._ssl = ssl.create_default_context() if self.https else None
         self._idle: list[_Connection] = []
+        self._dns: tuple[float, list[tuple[int, str]]] | None = None
+        try:
+            ip = ipaddress.ip_address(self.host)
+            self._literal: tuple[int, str] | None = (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, self.host)
+        except ValueError:
+            self._literal = None
+
+    async def _addresses(self) -> list[tuple[int, str]]:
+        """(family, address) of the host, cached for ``DNS_TTL_S`` (the connector's job in aiohttp)."""
+        loop = asyncio.get_running_loop()
+        if self._literal is not None:
+            return [self._literal]
+        cached = self._dns
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        addresses = [(family, info[0]) for family, _, _, _, info in infos]
+        self._dns = (loop.time() + DNS_TTL_S, addresses)
+        return addresses
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        error: OSError | None = None
         try:
-            _, conn = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None
-            )
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
-            raise ClientError(f"cannot connect: {reason}".lower()) from None
-        return conn
+            for family, address in await self._addresses():
+                try:
+                    _, conn = await loop.create_connection(
+                        _Connection, address, self.port, family=family, ssl=self._ssl,
+                        server_hostname=self.host if self._ssl else None,
+                    )  # fmt: skip
+                    return conn
+                except OSError as exc:
+                    error = exc
+        except OSError as exc:  # the name did not resolve
+            error = exc
+        reason = "no address" if error is None else _reason(error)
+        raise ClientError(f"cannot connect: {reason}".lower())
 
     def _take_idle(self) -> _Connection | None:
+        oldest = asyncio.get_running_loop().time() - MAX_IDLE_S
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            usable = not conn.closed and conn.transport is not None and not conn.transport.is_closing()
+            if usable and conn.idle_since >= oldest:
                 return conn
+            if conn.transport is not None:
+                conn.transport.close()
         return None
 
     def head(self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> bytes:
@@ -201,28 +255,29 @@ class Client:
         self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes | None, timeout_s: float
     ) -> Response:
         """Send one request and read its whole response (see the module docstring)."""
-        data = self.head(method, path_qs, headers, body)
-        if body:
-            data += body
+        head = self.head(method, path_qs, headers, body)
         deadline = asyncio.get_running_loop().time() + timeout_s
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._exchange(conn, data, deadline)
+                return await self._exchange(conn, head, body, deadline)
             except _StaleConnection:
-                pass  # the server closed it while idle: once more, on a new connection
+                if method not in IDEMPOTENT:
+                    raise ClientError("the upstream closed a kept-alive connection before answering") from None
+                # the server closed it while idle: once more, on a new connection
         async with asyncio.timeout_at(deadline):
             conn = await self._connect()
-        return await self._exchange(conn, data, deadline)
+        return await self._exchange(conn, head, body, deadline)
 
-    async def _exchange(self, conn: _Connection, data: bytes, deadline: float) -> Response:
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes | None, deadline: float) -> Response:
         done = False
         try:
-            response = await conn.send(data, deadline)
+            response = await conn.send(head, body, deadline)
             done = True
             return response
         finally:
             if done and conn.reusable and len(self._idle) < MAX_IDLE:
+                conn.idle_since = asyncio.get_running_loop().time()
                 self._idle.append(conn)
             elif conn.transport is not None:
                 conn.transport.close()  # failed, timed out or not keep-alive: never reuse

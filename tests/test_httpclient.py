@@ -172,19 +172,75 @@ async def test_no_body_statuses_and_http_1_0():
         client.close()
 
 
-async def test_a_reused_connection_the_server_closed_unanswered_is_retried_once():
-    async def second_closes(reader, writer, n):
-        if n == 2:  # the keep-alive connection is gone when the next request arrives
+def second_closes_unanswered() -> Script:
+    async def script(reader, writer, n):
+        if n == 2:  # the kept-alive connection is gone when the next request arrives
             writer.close()
             return
         writer.write(OK)
 
-    async with RawServer(second_closes) as server:
+    return script
+
+
+async def test_an_idempotent_request_on_a_connection_closed_unanswered_is_retried_once():
+    async with RawServer(second_closes_unanswered()) as server:
         client = Client(server.url)
-        assert (await client.request("POST", "/", [], b"1", 2.0)).body == b"ok"
-        assert (await client.request("POST", "/", [], b"2", 2.0)).body == b"ok"
+        assert (await client.request("GET", "/", [], None, 2.0)).body == b"ok"
+        assert (await client.request("GET", "/", [], None, 2.0)).body == b"ok"
         assert len(server.requests) == 3 and server.connections == 2  # sent again, on a new connection
         client.close()
+
+
+async def test_a_post_is_never_sent_twice():
+    async with RawServer(second_closes_unanswered()) as server:
+        client = Client(server.url)
+        assert (await client.request("POST", "/", [], b"1", 2.0)).body == b"ok"
+        with pytest.raises(ClientError, match="closed a kept-alive connection before answering"):
+            await client.request("POST", "/", [], b"2", 2.0)
+        assert len(server.requests) == 2
+        client.close()
+
+
+async def test_a_connection_that_sent_an_informational_response_is_not_retried():
+    async with RawServer(answer(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", close=True)) as server:
+        client = Client(server.url)
+        with pytest.raises(ClientError, match="in the middle of the response"):
+            await client.request("GET", "/", [], None, 2.0)
+        assert len(server.requests) == 1
+        client.close()
+
+
+async def test_idle_connections_are_not_reused_past_their_age(monkeypatch):
+    monkeypatch.setattr(httpclient, "MAX_IDLE_S", 0.05)
+    async with RawServer(answer(OK)) as server:
+        client = Client(server.url)
+        await client.request("POST", "/", [], b"1", 2.0)
+        await client.request("POST", "/", [], b"2", 2.0)
+        await asyncio.sleep(0.1)
+        await client.request("POST", "/", [], b"3", 2.0)
+        assert server.connections == 2
+        client.close()
+
+
+async def test_oversized_response_headers_are_refused(monkeypatch):
+    monkeypatch.setattr(httpclient, "MAX_HEADER_BYTES", 200)
+    many = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"y" * 40) for i in range(10))
+    async with RawServer(answer(b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 0\r\n\r\n")) as server:
+        client = Client(server.url)
+        with pytest.raises(ClientError, match="headers larger than 200 bytes"):
+            await client.request("GET", "/", [], None, 2.0)
+        client.close()
+
+
+async def test_host_names_are_resolved_and_cached():
+    async with RawServer(answer(OK)) as server:
+        client = Client(server.url.replace("127.0.0.1", "localhost"))
+        assert (await client.request("GET", "/", [], None, 2.0)).body == b"ok"
+        assert client._dns is not None and any(address == "127.0.0.1" for _, address in client._dns[1])
+        assert server.requests[0].split(b"\r\n")[1].startswith(b"Host: localhost:")
+        client.close()
+    with pytest.raises(ClientError, match="cannot connect: "):
+        await Client("http://no-such-host.invalid:80").request("GET", "/", [], None, 2.0)
 
 
 async def test_a_fresh_connection_closed_unanswered_is_not_retried():
