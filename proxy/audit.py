@@ -1,16 +1,17 @@
 """Audit records: canonical form, per-writer hash chain, redaction (SPEC §7). Pure: no I/O.
 
 Canonical form is RFC 8785: keys sorted, no whitespace, UTF-8, numbers as ECMAScript prints them.
-orjson matches RFC 8785 for every value except integral floats (``2.0`` vs ``2``) and ``-0.0``; so
+orjson matches RFC 8785 for every value except integral floats (``2.0`` vs ``2``), ``-0.0``, numbers
+from 1e-6 to 1e-5 (plain decimals in ECMAScript) and integers beyond 2**53 (doubles in RFC 8785); so
 records are normalised first (:func:`jcs_value`) and then serialised by orjson, ~50x faster than a
-pure-Python RFC 8785 encoder. A test checks the result against the ``rfc8785`` package.
+pure-Python RFC 8785 encoder. A property test checks the result against the ``rfc8785`` package.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,6 +21,10 @@ import orjson
 
 ZERO_HASH = "0" * 64
 REDACTED = "[REDACTED]"
+# A record orjson refuses (it writes at most 254 levels of nesting) is rewritten keeping MAX_DEPTH
+# levels (the record itself is level 1); an object or list deeper down becomes TOO_DEEP.
+MAX_DEPTH = 64
+TOO_DEEP = "[TOO DEEP]"
 _SORTED = orjson.OPT_SORT_KEYS
 
 
@@ -37,6 +42,8 @@ def num(value: float) -> float | int | orjson.Fragment:
         if -(2**53) < value < 2**53:
             return int(value)
         return _integer(int(Decimal(repr(value))))
+    if 1e-6 <= abs(value) < 1e-5:  # ECMAScript writes these in plain decimals, orjson with an exponent
+        return orjson.Fragment(format(Decimal(repr(value)), "f").encode())
     return value
 
 
@@ -45,7 +52,18 @@ def _integer(value: int) -> int | orjson.Fragment:
 
 
 def jcs_value(value: Any) -> Any:
-    """Normalise any JSON value for canonical serialisation (see module docstring)."""
+    """Normalise any JSON value for canonical serialisation (see module docstring).
+
+    A value nested too deeply for Python's recursion limit (a JSON body of ~500 levels parses fine)
+    is returned as :func:`plain` makes it, so building a record never fails on it.
+    """
+    try:
+        return _jcs(value)
+    except RecursionError:
+        return plain(value)
+
+
+def _jcs(value: Any) -> Any:
     kind = type(value)
     if kind is str or value is None or kind is bool:  # most decisions and segments: nothing to do
         return value
@@ -54,10 +72,45 @@ def jcs_value(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**53) < value < 2**53:
         return num(float(value))  # RFC 8785 numbers are IEEE doubles: a large integer as its double
     if isinstance(value, dict):
-        return {k: jcs_value(v) for k, v in value.items()}
+        return {k: _jcs(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [jcs_value(v) for v in value]
+        return [_jcs(v) for v in value]
     return value
+
+
+def plain(value: Any, level: int = 1) -> Any:
+    """``value`` as normalised JSON that orjson always writes; never raises.
+
+    Objects and lists below :data:`MAX_DEPTH` levels become :data:`TOO_DEEP`; non-string keys and
+    values of other types (sets, objects) become their text; strings orjson refuses (lone
+    surrogates) are escaped; NaN and infinities become null (as orjson writes them anyway).
+    """
+    if isinstance(value, str):
+        return _text(value)
+    if value is None or isinstance(value, bool | orjson.Fragment):
+        return value
+    if isinstance(value, float):
+        return num(value) if math.isfinite(value) else None
+    if isinstance(value, int):
+        return _jcs(int(value))
+    if isinstance(value, dict | list | tuple):
+        if level > MAX_DEPTH:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {_text(k): plain(v, level + 1) for k, v in value.items()}
+        return [plain(v, level + 1) for v in value]
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    try:
+        text = value if isinstance(value, str) else str(value)
+        text.encode("utf-8")
+        return str.__str__(text)
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    except Exception:  # a __str__ that fails (or recurses without end)
+        return f"<{type(value).__name__}>"
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
@@ -89,23 +142,30 @@ class Chain:
         self.since_seal = 0
 
     def link(self, record: dict[str, Any]) -> bytes:
-        """Chain ``record`` in place and return its JSON line (with ``\\n``).
+        """Chain ``record`` in place and return its JSON line (with ``\\n``). Never raises.
 
-        Never leaves a gap: a record orjson cannot write (a value of a type records never hold) is
-        first turned into plain JSON (unknown values as text), then chained.
+        Never leaves a gap: a record orjson cannot write (nesting deeper than 254 levels, a value of
+        a type records never hold, a non-string key) is first rewritten by :func:`plain` (deep
+        parts as ``[TOO DEEP]``, unknown values as text), then chained. The chain advances only
+        once the line exists.
         """
+        seq = self.seq + 1
         record["writer"] = self.writer
-        record["seq"] = self.seq + 1
+        record["seq"] = seq
         record["prev_hash"] = self.prev_hash
         try:
             body = canonical(record)
-        except (orjson.JSONEncodeError, TypeError):
-            record = jcs_value(json.loads(json.dumps(record, default=str)))
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            rewritten = plain(record)
+            record.clear()
+            record.update(rewritten)
             body = canonical(record)
-        self.seq += 1
-        record["hash"] = self.prev_hash = hashlib.sha256(body).hexdigest()
+        digest_ = hashlib.sha256(body).hexdigest()
+        record["hash"] = digest_
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        self.seq, self.prev_hash = seq, digest_
         self.since_seal += 1
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        return line
 
     def seal(self, record: dict[str, Any], *, reason: str, file: str | None = None) -> bytes:
         """Close the current segment: a ``seal`` record counting the records since the last seal."""

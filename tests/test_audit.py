@@ -42,6 +42,7 @@ json_values = st.recursive(
 @example({"b": [1.0, -0.0, 1e21, 1e-7], "a": "é"})
 @example(-9.223372036854776e18)  # integral, beyond 64-bit integers once printed as digits
 @example(1.8446744073709552e19)
+@example([1.811406748957132e-06, -1e-6, 9.99e-6])  # plain decimals in ECMAScript, exponents in orjson
 def test_canonical_form_is_rfc8785(value):
     assert canonical(jcs_value(value)) == rfc8785.dumps(value)
 
