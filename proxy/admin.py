@@ -65,6 +65,18 @@ def auth_middleware(admin_token: str | None, outcomes_token: str | None) -> Any:
     return middleware
 
 
+def draining_middleware(proxy: ShadowProxy) -> Any:
+    """While the proxy shuts down, changes are refused: they could not reach the audit trail."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if proxy.draining and request.method == "POST":
+            return json_error(503, "shutting down: try another replica", **{"Retry-After": "1"})
+        return await handler(request)
+
+    return middleware
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -137,9 +149,7 @@ class AdminAPI:
         try:
             stage = Stage(data.get("stage"))
         except ValueError:
-            raise BadRequest(
-                f"unknown stage {data.get('stage')!r} (use {', '.join(s.value for s in Stage)})"
-            ) from None
+            raise BadRequest(f"unknown stage {data.get('stage')!r} (use {', '.join(s.value for s in Stage)})") from None
         state, changed = await self.controller.set_stage(name, stage, reason)
         return _json({"route": name, "changed": changed, **state.to_json()})
 
@@ -197,7 +207,8 @@ class AdminAPI:
 def build_admin_app(proxy: ShadowProxy, admin_token: str | None, outcomes_token: str | None) -> web.Application:
     api = AdminAPI(proxy)
     app = web.Application(
-        middlewares=[auth_middleware(admin_token, outcomes_token), error_middleware], client_max_size=8 * 2**20
+        middlewares=[auth_middleware(admin_token, outcomes_token), draining_middleware(proxy), error_middleware],
+        client_max_size=8 * 2**20,
     )
     r = app.router
     r.add_get("/healthz", api.healthz)

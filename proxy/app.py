@@ -63,7 +63,8 @@ class ShadowProxy:
         self.start_id = ulid()
         self.writer = f"{socket.gethostname()}:{os.getpid()}:{self.start_id}"
         self.model_tasks = TaskOwner("model-calls")
-        self.background = TaskOwner("background")
+        self.background = TaskOwner("background")  # the audit writer
+        self.loops = TaskOwner("loops")  # stage evaluation, pub/sub, pacing: stopped before the writer
         self._rng, self._clock = rng, clock
         self._environ = os.environ if environ is None else environ
         self.store = store if store is not None else open_store(config.store)
@@ -81,7 +82,14 @@ class ShadowProxy:
         self.recorder.observe(self._count_decisions)
         self.recorder.observe(self._record_stats)
         self.controller = StageController(
-            self.routes, self.store, loaded.policies, self.recorder.submit, self.metrics, self.background, clock=clock
+            self.routes,
+            self.store,
+            loaded.policies,
+            self.recorder.submit,
+            self.metrics,
+            self.loops,
+            clock=clock,
+            room=lambda: self.recorder.has_room(1),
         )
         self.handler = ProxyHandler(
             routes=self.routes,
@@ -103,7 +111,10 @@ class ShadowProxy:
         primary = Upstream(cfg.primary.url, cfg.primary.timeout, name=f"{cfg.name}/primary")
         model_upstream = Upstream(cfg.model.url, cfg.model.timeout, name=f"{cfg.name}/model")
         decisions = RouteDecisions(cfg)
-        gate = BudgetGate(cfg.name, cfg.budget, self.store, clock=self._clock, on_store_failure=self._store_failed)
+        gate = BudgetGate(
+            cfg.name, cfg.budget, self.store, clock=self._clock, on_store_failure=self._store_failed,
+            owner=self.model_tasks,
+        )  # fmt: skip
         model = ModelPath(
             route=cfg.name,
             upstream=model_upstream,
@@ -209,7 +220,7 @@ class ShadowProxy:
             gate = route.model.budget
             if gate is not None and gate.limit is not None and gate.window_s is not None:
                 pacer = Pacer(gate, route.cfg.mirror.sample, self._clock)
-                self.background.spawn(self._pace(route, pacer), name=f"pacing-{route.name}")
+                self.loops.spawn(self._pace(route, pacer), name=f"pacing-{route.name}")
 
     async def _probe_upstreams(self) -> None:
         """Warn, in one line each, about upstreams not reachable now (a sidecar's may start later)."""
@@ -243,6 +254,7 @@ class ShadowProxy:
         cancelled = await self.model_tasks.drain(grace)
         if cancelled:
             log.warning("shutdown.model_calls_cancelled", count=cancelled, grace_s=grace)
+        await self.loops.cancel()  # no transition may be committed after the trail's last write
         if self._recorder_task is not None:
             await self.recorder.finish(self._recorder_task)
         await self.background.cancel()

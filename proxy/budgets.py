@@ -19,6 +19,7 @@ from proxy.config import Budget
 from proxy.log import get_logger
 from proxy.stages import Skip
 from proxy.store import StoreError
+from proxy.tasks import TaskOwner
 
 log = get_logger("proxy.budgets")
 
@@ -133,8 +134,16 @@ class BudgetGate:
     applies ``on_store_error`` and does not ask the store again for ``STORE_RETRY_S``.
     """
 
-    def __init__(self, route: str, budget: Budget, store: object, *, clock: Callable[[], float] = time.time,
-                 on_store_failure: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        route: str,
+        budget: Budget,
+        store: object,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_store_failure: Callable[[str], None] | None = None,
+        owner: TaskOwner | None = None,
+    ) -> None:
         self.route = route
         self.budget = budget
         self.store = store
@@ -154,10 +163,12 @@ class BudgetGate:
         )
         self._down_until = 0.0
         self._on_failure = on_store_failure
+        self._owner = owner
         self.expected_cost = cost.per_request if cost else 0.0
         self._batch: list[asyncio.Future[Verdict]] | None = None
         self._owed = 0.0
         self._settling = False
+        self._settled = asyncio.Event()
         self.calls_left: int | None = self.burst
         self.spent = 0.0
         self.degraded = False
@@ -221,10 +232,11 @@ class BudgetGate:
             self.spent = verdict.spent
         return (None, reserve) if verdict.allowed else (verdict.reason, 0.0)
 
-    async def settle(self, reserved: float, actual: float | None) -> None:
+    def settle_soon(self, reserved: float, actual: float | None) -> None:
         """Charge a call's actual cost against its reservation (``actual`` None: it never answered).
 
-        Corrections of one tick go to the store together; the spend seen meanwhile is the local one.
+        Returns at once: a correction that needs the store is sent by an owned background task
+        (the corrections of one tick together), so no caller waits for it.
         """
         if self.limit is None:
             return
@@ -233,15 +245,27 @@ class BudgetGate:
         delta = (actual or 0.0) - reserved
         if abs(delta) < 1e-12:  # the usual case with a flat price: no store round trip at all
             return
-        self.local.charge(delta)
         if self.degraded:
+            self.local.charge(delta)  # the stand-in keeps its own books while the store is away
             return
         self._owed += delta
-        if self._settling:
-            return  # the settling call of this tick takes it along
-        self._settling = True
+        if not self._settling and self._owner is not None:
+            self._settling = True
+            self._owner.spawn(self._settle(), name=f"budget-settle-{self.route}")
+
+    async def settle(self, reserved: float, actual: float | None) -> None:
+        """:meth:`settle_soon`, then wait until the store has the correction (tests, shutdown)."""
+        self.settle_soon(reserved, actual)
+        if not self._settling and abs(self._owed) >= 1e-12:
+            self._settling = True
+            await self._settle()
+        elif self._settling:
+            await self._settled.wait()
+
+    async def _settle(self) -> None:
+        self._settled.clear()
         try:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the corrections of this tick go together
             while abs(self._owed) >= 1e-12:
                 owed, self._owed = self._owed, 0.0
                 self.spent = await self.store.budget_charge(self.route, owed, self.window_s)  # type: ignore[attr-defined]
@@ -249,6 +273,7 @@ class BudgetGate:
             self._store_failed(exc, 0.0)
         finally:
             self._settling = False
+            self._settled.set()
 
     def _store_failed(self, exc: Exception, reserve: float) -> Verdict:
         if not self.degraded:

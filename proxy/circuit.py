@@ -28,6 +28,11 @@ class Circuit:
             return True
         return False
 
+    def abandon(self) -> None:
+        """The call :meth:`allow` let through was not made (budget refused it, shutdown): let the
+        next one probe instead, so an open circuit can never stay open for good."""
+        self._trial = False
+
     def record(self, ok: bool, now: float) -> None:
         if not self.failures:
             return

@@ -63,6 +63,7 @@ class StageController:
         *,
         clock: Callable[[], float] = time.time,
         sync_every_s: float = 5.0,
+        room: Callable[[], bool] = lambda: True,
     ) -> None:
         self.routes = routes
         self.store = store
@@ -72,6 +73,7 @@ class StageController:
         self._owner = owner
         self._clock = clock
         self._sync_every = sync_every_s
+        self._room = room
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._stopping = asyncio.Event()
 
@@ -104,8 +106,8 @@ class StageController:
 
     def _adopt(self, route: RouteRuntime, state: RouteState) -> None:
         previous = route.state
-        if previous is not None and previous.version >= state.version:
-            return
+        if previous == state:
+            return  # the store is the authority: any other state is adopted (it may have lost its own)
         if previous is not None and previous.stage is not state.stage:
             log.info("stage.adopted", route=route.name, stage=state.stage.value, version=state.version)
         route.set_state(state)
@@ -120,6 +122,8 @@ class StageController:
             except StoreError as exc:
                 self._metrics.store_errors.labels("stage").inc()
                 log.warning("stage.evaluate_failed", route=route.name, error=str(exc))
+            except Conflict as exc:
+                log.warning("stage.evaluate_deferred", route=route.name, reason=str(exc))
             except Exception:
                 log.exception("stage.evaluate_crashed", route=route.name)
 
@@ -169,6 +173,8 @@ class StageController:
         reason: str,
         evidence: dict[str, Any],
     ) -> bool:
+        if not self._room():  # a transition nobody could read in the audit trail must not happen
+            raise Conflict("the audit queue is full: the transition would not be recorded; try again")
         if not await self.store.cas_route_state(route.name, old.version, new):
             current = await self.store.route_state(route.name)
             if current is not None:

@@ -36,6 +36,7 @@ class ModelCall:
     """The model's side of an exchange. ``error`` is the final class: timeout, error or invalid."""
 
     sampled_at: float = 1.0
+    started: bool = False
     reply: Reply | None = None
     skipped: Skip | None = None
     doc: Any = None
@@ -64,9 +65,10 @@ class Exchange:
     request_id: str
     method: str
     path: str
-    query: Mapping[str, str]
+    query: str  # the raw query string (parsed only if the route's segment reads it)
     headers: Mapping[str, str]
     body: bytes
+    send_body: bytes | None = None  # what upstreams get: None when the client sent no body at all
     model: ModelCall = field(default_factory=ModelCall)
     primary: Reply | None = None
     primary_sampled: bool | None = None

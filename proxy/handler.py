@@ -71,29 +71,57 @@ class ProxyHandler:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-Id") or ulid()
+        route = self.routes.match(request.method, request.path)
         length = request.content_length
         if length is not None and length > self._max_body:
-            return self._too_large(request_id)
-        route = self.routes.match(request.method, request.path)
+            return self._refused(request, route, self._too_large(request_id), started)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._too_large(request_id)
+            return self._refused(request, route, self._too_large(request_id), started)
         except (aiohttp.ClientPayloadError, ValueError) as exc:
-            return json_error(400, f"malformed request body: {exc}", request_id)
+            error = json_error(400, f"malformed request body: {exc}", request_id)
+            return self._refused(request, route, error, started)
+        send_body = body if body or "Content-Length" in request.headers else None
         if route is None:
-            return await self._unrouted(request, body, request_id)
-        return await self._routed(request, route, body, request_id, started)
+            response = await self._unrouted(request, send_body, request_id)
+            self._count_unrouted(request, response, request_id, started)
+            return response
+        return await self._routed(request, route, body, send_body, request_id, started)
 
     def _too_large(self, request_id: str) -> web.Response:
         response = json_error(413, f"request body exceeds {self._max_body} bytes", request_id)
         response.force_close()  # do not read the rest of an oversized body
         return response
 
+    def _refused(
+        self, request: web.Request, route: RouteRuntime | None, response: web.Response, started: float
+    ) -> web.Response:
+        """An answer the proxy gave itself before any upstream: counted and logged like the others."""
+        name = route.name if route is not None else "_unmatched"
+        self._metrics.requests.labels(name, "proxy", str(response.status)).inc()
+        self._log(name, None, request.method, request.path, response.status, "proxy", started,
+                  response.headers.get("X-Request-Id"))  # fmt: skip
+        return response
+
+    def _count_unrouted(
+        self, request: web.Request, response: web.StreamResponse, request_id: str, started: float
+    ) -> None:
+        name = "_default" if self.default is not None else "_unmatched"
+        served_by = "primary" if self.default is not None else "proxy"
+        self._metrics.requests.labels(name, served_by, str(response.status)).inc()
+        self._log(name, None, request.method, request.path, response.status, served_by, started, request_id)
+
     # --- routed traffic -----------------------------------------------------------------------
 
     async def _routed(
-        self, request: web.Request, route: RouteRuntime, body: bytes, request_id: str, started: float
+        self,
+        request: web.Request,
+        route: RouteRuntime,
+        body: bytes,
+        send_body: bytes | None,
+        request_id: str,
+        started: float,
     ) -> web.StreamResponse:
         headers = request_headers(
             request.headers, client_ip=request.remote, proto=request.scheme, request_id=request_id, routed=True
@@ -106,13 +134,14 @@ class ProxyHandler:
             request_id=request_id,
             method=request.method,
             path=request.path,
-            query=request.query,
+            query=request.query_string,
             headers=request.headers,
             body=body,
+            send_body=send_body,
             on_complete=self._submit,
         )
-        ex.model.sampled_at = route.sample_rate
-        send_body = body if body or "Content-Length" in request.headers else None
+        # the share of requests that reach the model: the shadow sample, or all of them
+        ex.model.sampled_at = route.sample_rate if ex.stage is Stage.SHADOW else 1.0
         path_qs = request.raw_path
         try:
             if ex.stage is Stage.SHADOW:
@@ -163,28 +192,20 @@ class ProxyHandler:
             await asyncio.wait((task,), timeout=route.max_wait_s)
             call.suggestion_late = not task.done()
             if task.done() and call.decision is not None:
-                headers = CIMultiDict(headers)
-                headers["X-Model-Suggestion"] = self._suggestion(route, call.extracted)
-                call.suggestion_shown = True
+                suggestion = suggestion_header(route.model_version, call.extracted)
+                if suggestion is not None:
+                    headers = CIMultiDict(headers)
+                    headers["X-Model-Suggestion"] = suggestion
+                    call.suggestion_shown = True
         return await self._call_primary(route, ex, path_qs, headers, body)
-
-    @staticmethod
-    def _suggestion(route: RouteRuntime, extracted: Any) -> str:
-        payload = {
-            "decision": extracted.decision,
-            "confidence": extracted.confidence,
-            "explanation": extracted.explanation,
-            "model_version": route.model_version,
-        }
-        # ASCII-only JSON: header values must not carry raw non-ASCII or line breaks.
-        return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), default=str)
 
     async def _autonomous(
         self, route: RouteRuntime, ex: Exchange, path_qs: str, headers: CIMultiDict[str], body: bytes | None
     ) -> Reply:
         model, call = route.model, ex.model
         copy: asyncio.Task[Reply] | None = None
-        if self._rng() < route.primary_sample:
+        # the background copy to the primary is bounded like shadow work: beyond the limit, no sample
+        if self._rng() < route.primary_sample and route.primary_copies < route.model.max_in_flight:
             ex.primary_sampled = True
             copy = self._spawn_primary_copy(route, ex, path_qs, headers, body)
         if (reason := model.admit(len(ex.body))) is not None:
@@ -208,11 +229,13 @@ class ProxyHandler:
         copy_headers = CIMultiDict(headers)
         copy_headers["X-Shadow-Copy"] = "1"
         ex.halves += 1
+        route.primary_copies += 1
 
         async def run() -> Reply:
             try:
                 return await self._call_primary(route, ex, path_qs, copy_headers, body)
             finally:
+                route.primary_copies -= 1
                 ex.half_done()
 
         return self._owner.spawn(run(), name="primary-copy")
@@ -252,27 +275,61 @@ class ProxyHandler:
         route.count_request(ex.served_by, status)
         upstream_s = (reply.latency_ms or 0.0) / 1000.0
         route.observe_overhead(max(0.0, elapsed - upstream_s))
+        self._log(route.name, ex.stage.value, ex.method, ex.path, status, ex.served_by.value, started, ex.request_id)
+
+    def _log(
+        self, route: str, stage: str | None, method: str, path: str, status: int, served_by: str,
+        started: float, request_id: str | None,
+    ) -> None:  # fmt: skip
+        """The one access-log event of a request (sampled by ``log.access_sample``)."""
         if self._access_sample >= 1.0 or self._rng() < self._access_sample:
             access_event(
-                route=route.name,
-                stage=ex.stage.value,
-                method=ex.method,
-                path=ex.path,
+                route=route,
+                stage=stage,
+                method=method,
+                path=path,
                 status=status,
-                served_by=ex.served_by.value,
-                latency_ms=round(elapsed * 1000.0, 3),
-                request_id=ex.request_id,
+                served_by=served_by,
+                latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+                request_id=request_id,
             )
 
     # --- unrouted traffic ---------------------------------------------------------------------
 
-    async def _unrouted(self, request: web.Request, body: bytes, request_id: str) -> web.StreamResponse:
+    async def _unrouted(self, request: web.Request, send_body: bytes | None, request_id: str) -> web.StreamResponse:
         if self.default is None:
-            self._metrics.requests.labels("_unmatched", "primary", "404").inc()
             return json_error(404, f"no route for {request.method} {request.path}", request_id)
         headers = request_headers(
             request.headers, client_ip=request.remote, proto=request.scheme, request_id=request_id
         )
-        send_body = body if body or "Content-Length" in request.headers else None
-        self._metrics.requests.labels("_default", "primary", "-").inc()
         return await self.default.stream(request, headers, send_body, request_id)
+
+
+MAX_SUGGESTION_CHARS = 4096  # common servers refuse a header line over 8 KiB; leave room for the rest
+
+
+def suggestion_header(model_version: str, extracted: Any) -> str | None:
+    """``X-Model-Suggestion``: ASCII-only JSON (no raw non-ASCII or line breaks in a header).
+
+    A long explanation is cut to fit ``MAX_SUGGESTION_CHARS`` (its JSON text, ending in ``…``), so a
+    verbose model cannot make the primary refuse the client's request; when even the decision does
+    not fit, there is no suggestion (None).
+    """
+    payload = {
+        "decision": extracted.decision,
+        "confidence": extracted.confidence,
+        "explanation": extracted.explanation,
+        "model_version": model_version,
+    }
+    text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"), default=str)
+    if len(text) <= MAX_SUGGESTION_CHARS:
+        return text
+    explanation = json.dumps(extracted.explanation, ensure_ascii=True, default=str)
+    keep = len(explanation)
+    while keep > 0:  # cut by the excess; escaping can grow the cut text, so check again
+        keep -= len(text) - MAX_SUGGESTION_CHARS + 8
+        payload["explanation"] = explanation[: max(0, keep)] + "…"
+        text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"), default=str)
+        if len(text) <= MAX_SUGGESTION_CHARS:
+            return text
+    return None

@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from multidict import CIMultiDict
-
 from proxy.circuit import Circuit
 from proxy.decisions import Extractor, parse_json
 from proxy.exchange import Exchange, ModelCall, Reply
@@ -31,7 +29,7 @@ class BudgetPort(Protocol):
 
     async def acquire(self) -> tuple[Skip | None, float]: ...
 
-    async def settle(self, reserved: float, actual: float | None) -> None: ...
+    def settle_soon(self, reserved: float, actual: float | None) -> None: ...
 
     def price(self, units: float | None) -> float: ...
 
@@ -91,29 +89,49 @@ class ModelPath:
         self._count("skipped_" + reason.value if reason is not Skip.SAMPLED_OUT else reason.value)
 
     def spawn(self, ex: Exchange, method: str, path_qs: str, headers: Mapping[str, str]) -> asyncio.Task[None]:
-        """Run :meth:`call` for an admitted exchange in the background; it completes one half."""
-        ex.halves += 1
-        return self._owner.spawn(self._background(ex, method, path_qs, headers), name="model-call")
+        """Run :meth:`call` for an admitted exchange in the background; it completes one half.
 
-    async def _background(self, ex: Exchange, method: str, path_qs: str, headers: Mapping[str, str]) -> None:
-        try:
-            await self.call(ex, method, path_qs, headers)
-        finally:
-            ex.half_done()
+        The half is completed by the task's done-callback, not inside the coroutine, so a task
+        cancelled before its first step (shutdown) still releases its slot and is recorded.
+        """
+        ex.halves += 1
+        task = self._owner.spawn(self.call(ex, method, path_qs, headers), name="model-call")
+        task.add_done_callback(lambda _: self._finished(ex))
+        return task
+
+    def _finished(self, ex: Exchange) -> None:
+        call = ex.model
+        if not call.started:  # cancelled before it ran: the slot was taken in admit()
+            self.release(len(ex.body))
+            self.circuit.abandon()
+            call.skipped = Skip.SHUTDOWN
+        ex.half_done()
 
     async def call(self, ex: Exchange, method: str, path_qs: str, headers: Mapping[str, str]) -> None:
-        """Budget, call, classify and charge one admitted model call; fills ``ex.model``."""
+        """Budget, call and classify one admitted model call; fills ``ex.model``.
+
+        The budget's decision counts inside the model's timeout (the client never waits longer than
+        it), and the budget is settled in the background, after the model's answer is classified.
+        """
         call = ex.model
+        call.started = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upstream.timeout_s
         reserved = 0.0
+        called = False
         try:
             if self.budget is not None:
                 denied, reserved = await self.budget.acquire()
                 if denied is not None:
                     self.skip(call, denied)
                     return
-            send: CIMultiDict[str] = CIMultiDict(headers)
-            send["X-Shadow-Stage"] = ex.stage.value
-            reply = await self.upstream.call(method, path_qs, send, ex.body or None)
+            pairs = (*headers.items(), ("X-Shadow-Stage", ex.stage.value))
+            called = True
+            reply = await self.upstream.call(
+                method, path_qs, _Pairs(pairs), ex.send_body, timeout_s=max(0.001, deadline - loop.time())
+            )
+            if reply.error == "timeout":  # a timeout counts as the whole timeout
+                reply.latency_ms = self.upstream.timeout_s * 1000.0
             self.classify(call, reply)
             self._observe(reply.latency_ms / 1000.0 if reply.latency_ms is not None else 0.0)
             if self.budget is not None:
@@ -121,12 +139,14 @@ class ModelPath:
                 if reply.status is not None:  # charged when the model answers, whatever it answered
                     units = call.extracted.usage if call.extracted is not None else None
                     actual = call.cost = self.budget.price(units)
-                await self.budget.settle(reserved, actual)
+                self.budget.settle_soon(reserved, actual)
         except asyncio.CancelledError:
             if call.error is None and call.skipped is None and call.reply is None:
                 call.skipped = Skip.SHUTDOWN
             raise
         finally:
+            if not called:
+                self.circuit.abandon()  # refused or cancelled before the call: nobody probed
             self.release(len(ex.body))
 
     def classify(self, call: ModelCall, reply: Reply) -> None:
@@ -145,6 +165,21 @@ class ModelPath:
                 reply.detail = "no decision in the response" if call.doc is not None else "body is not JSON"
         self.circuit.record(call.error is None, self._clock())
         self._count(call.error or ModelResultKind.OK.value)
+
+
+class _Pairs:
+    """Headers as ordered pairs, with the ``items()`` the upstream client reads (no multidict copy)."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        self._pairs = pairs
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        return self._pairs
+
+    def __iter__(self) -> Any:  # aiohttp (HEAD) takes an iterable of pairs
+        return iter(self._pairs)
 
 
 def valid_confidence(value: Any) -> bool:

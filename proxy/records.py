@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from proxy.audit import REDACTED, Redactor, body_for_record, digest, jcs_value, num
 from proxy.decisions import parse_json
@@ -33,6 +34,14 @@ def base_record(kind: str, ts: float, route: str | None = None) -> dict[str, Any
     if route is not None:
         record["route"] = route
     return record
+
+
+def _first_values(query_string: str) -> dict[str, str]:
+    """A query string as the segment expression sees it: the first value of each name."""
+    out: dict[str, str] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        out.setdefault(name, value)
+    return out
 
 
 def _ms(value: float | None) -> float | int | None:
@@ -82,7 +91,8 @@ class RecordBuilder:
                 headers = {k.lower(): v for k, v in ex.headers.items()}
                 if self.redactor:
                     headers = self.redactor.headers(headers)
-            out["segment"] = jcs_value(decisions.segment(ex.method, ex.path, ex.query, headers, doc))
+            query = _first_values(ex.query) if ex.route.segment_reads_query else {}
+            out["segment"] = jcs_value(decisions.segment(ex.method, ex.path, query, headers, doc))
         if self.include_bodies:
             out["body"] = self._body(ex.body, doc)
         return out

@@ -29,8 +29,10 @@ class RouteRuntime:
     stage: Stage = Stage.SHADOW
     epoch: int = 1
     state: RouteState | None = None
+    primary_copies: int = 0  # autonomous stage's background copies to the primary in flight
     sample_rate: float = 1.0
     _requests: dict[tuple[ServedBy, int], Any] = field(default_factory=dict)
+    _fallbacks: dict[Fallback, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -40,6 +42,7 @@ class RouteRuntime:
         self.model_version = cfg.model.version
         self.has_segment = cfg.segment is not None
         self.segment_reads_headers = cfg.segment is not None and "headers" in cfg.segment
+        self.segment_reads_query = cfg.segment is not None and "query" in cfg.segment
         self.max_wait_s = cfg.assisted.max_wait_ms / 1000.0
         self.primary_sample = cfg.autonomous.primary_sample
         self.min_confidence = cfg.autonomous.min_confidence
@@ -79,7 +82,10 @@ class RouteRuntime:
         child.inc()
 
     def count_fallback(self, reason: Fallback) -> None:
-        self.metrics.fallbacks.labels(self.name, reason.value).inc()
+        child = self._fallbacks.get(reason)
+        if child is None:
+            child = self._fallbacks[reason] = self.metrics.fallbacks.labels(self.name, reason.value)
+        child.inc()
 
 
 def model_counter(metrics: Metrics, route: str) -> Callable[[str], None]:

@@ -90,7 +90,7 @@ def request_headers(
         if name.lower() not in drop:
             out.add(name, value)
     if client_ip:
-        previous = out.get("X-Forwarded-For")
+        previous = ", ".join(out.getall("X-Forwarded-For", ()))  # several lines are one list
         out["X-Forwarded-For"] = f"{previous}, {client_ip}" if previous else client_ip
     out.setdefault("X-Forwarded-Proto", proto)
     out["X-Request-Id"] = request_id
@@ -217,6 +217,7 @@ class Upstream:
         """Pass a request through untouched and stream the answer back (unrouted traffic)."""
         assert self._session is not None, "Upstream.start() was not awaited"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+        out: web.StreamResponse | None = None
         try:
             async with self._session.request(
                 request.method, self.base_url + request.raw_path, headers=headers, data=body,
@@ -232,7 +233,9 @@ class Upstream:
                     await out.write(chunk)
                 await out.write_eof()
                 return out
-        except TimeoutError:
-            return json_error(504, f"default upstream: no answer within {self.timeout_s:g}s", request_id)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if out is not None and out.prepared:
+                raise  # the status line is sent: a second response cannot follow, the connection ends
+            if isinstance(exc, TimeoutError):
+                return json_error(504, f"default upstream: no answer within {self.timeout_s:g}s", request_id)
             return json_error(502, f"default upstream unreachable: {_detail(exc)}", request_id)

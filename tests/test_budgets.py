@@ -198,3 +198,18 @@ async def test_concurrent_corrections_are_charged_together(redis_url):
     assert evalsha_calls(redis_url) - before == 1
     assert gate.spent == pytest.approx(spent_before + sum(0.3 - reserved for _, reserved in reservations))
     await store.close()
+
+
+def test_an_abandoned_half_open_trial_lets_the_next_call_probe():
+    from proxy.circuit import Circuit
+
+    circuit = Circuit(failures=2, cooldown_s=5.0)
+    circuit.record(False, 0.0)
+    circuit.record(False, 0.0)
+    assert not circuit.allow(1.0)  # open
+    assert circuit.allow(6.0)  # the half-open trial...
+    assert not circuit.allow(6.1)
+    circuit.abandon()  # ...was refused by the budget: nobody probed
+    assert circuit.allow(6.2)
+    circuit.record(True, 6.3)
+    assert circuit.allow(6.4) and circuit.allow(6.5)  # closed again

@@ -249,3 +249,38 @@ async def test_unmatched_request_without_default_is_404_json(upstreams, make_pro
     # a route restricted to POST does not take a GET
     async with client() as s, s.get(proxy.url + "/v1/decide") as r:
         assert r.status == 404
+
+
+async def test_several_forwarded_for_lines_are_kept_as_one_list(upstreams, make_proxy):
+    primary, model = await upstreams(), await upstreams()
+    proxy = await make_proxy([route_config("r", primary.url, model.url)])
+    sent = [("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-For", "10.0.0.2, 10.0.0.3")]
+    async with client() as s, s.post(proxy.url + "/v1/decide", data=b"{}", headers=sent) as r:
+        await r.read()
+    assert primary.seen[0].all("X-Forwarded-For") == ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]
+
+
+async def test_an_empty_body_reaches_primary_and_model_framed_the_same(upstreams, make_proxy):
+    primary, model = await upstreams(), await upstreams()
+    proxy = await make_proxy([route_config("r", primary.url, model.url)])
+    async with client() as s, s.post(proxy.url + "/v1/decide", data=b"") as r:
+        await r.read()
+    await proxy.settle()
+    assert primary.seen[0].header("Content-Length") == model.seen[0].header("Content-Length") == "0"
+
+
+async def test_every_answer_is_counted_with_its_status(upstreams, make_proxy):
+    primary, model = await upstreams(), await upstreams()
+    proxy = await make_proxy([route_config("r", primary.url, model.url)], max_body_bytes=10)
+    async with client() as s:
+        async with s.post(proxy.url + "/v1/decide", data=b"x" * 11) as r:
+            assert r.status == 413
+        async with s.get(proxy.url + "/nowhere") as r:
+            assert r.status == 404
+    samples = {
+        (m.labels["route"], m.labels["served_by"], m.labels["code"]): m.value
+        for family in proxy.core.metrics.registry.collect()
+        for m in family.samples
+        if m.name == "shadow_proxy_requests_total"
+    }
+    assert samples == {("r", "proxy", "413"): 1.0, ("_unmatched", "proxy", "404"): 1.0}

@@ -213,3 +213,27 @@ async def test_suggestion_with_odd_characters_stays_one_header_line(upstreams, m
     seen = primary.seen[0]
     assert seen.header("X-Injected") is None
     assert orjson.loads(seen.header("X-Model-Suggestion"))["decision"] == "ok\r\nX-Injected: 1"
+
+
+async def test_a_verbose_model_cannot_make_the_primary_refuse_the_request(upstreams, make_proxy):
+    async def verbose(request):
+        return web.json_response({"decision": "approve", "confidence": 0.9, "reasons": ["é" * 9000]})
+
+    primary, model = await upstreams(legacy), await upstreams(verbose)
+    proxy = await make_proxy([route_config("r", primary.url, model.url, stage="assisted")])
+    status, _, body = await post(proxy.url)
+    assert status == 200 and body["decision"] == "approve"  # the (aiohttp) primary accepted the header
+    header = primary.seen[0].header("X-Model-Suggestion")
+    assert len(header) <= 4096 and json.loads(header)["explanation"].endswith("…")
+    await proxy.settle()
+    (record,) = proxy.records()
+    assert record["model"]["suggestion_shown"] is True and record["model"]["sampled_at"] == 1
+
+
+def test_a_suggestion_whose_decision_cannot_fit_is_not_shown():
+    from proxy.decisions import Extracted
+    from proxy.handler import suggestion_header
+
+    assert suggestion_header("m", Extracted("x" * 5000, 0.9, None, ["why"])) is None
+    short = suggestion_header("m", Extracted("approve", 0.9, None, ["why"]))
+    assert json.loads(short) == {"decision": "approve", "confidence": 0.9, "explanation": ["why"], "model_version": "m"}
