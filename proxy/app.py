@@ -43,6 +43,7 @@ from proxy.upstream import Upstream
 from proxy.windows import bucketize
 
 log = get_logger("proxy.app")
+STATS_RETRY_S = 5.0
 
 
 class ShadowProxy:
@@ -105,6 +106,7 @@ class ShadowProxy:
         self._recorder_task: asyncio.Task[None] | None = None
         self.draining = False
         self._stats_failing = False
+        self._stats_retry_at = 0.0
         self._live_gauges()
 
     def _route(self, cfg: Route) -> RouteRuntime:
@@ -186,7 +188,14 @@ class ShadowProxy:
             self.metrics.decisions.labels(*labels).inc(n)
 
     async def _record_stats(self, pairs: list[tuple[Any, dict[str, Any]]]) -> None:
-        """Add decisions to the window statistics the policies read (shared through the store)."""
+        """Add decisions to the window statistics the policies read (shared through the store).
+
+        The audit writer awaits this, so a failing store must not slow it: after a failure the
+        statistics of the next ``STATS_RETRY_S`` are not sent (the policies see a thinner window).
+        """
+        if self._stats_failing and self._clock() < self._stats_retry_at:
+            self.metrics.store_errors.labels("stats_skipped").inc()
+            return
         deltas = bucketize(
             (item.route.name, item.epoch, item.ts, record) for item, record in pairs if isinstance(item, Exchange)
         )
@@ -199,6 +208,7 @@ class ShadowProxy:
             if not self._stats_failing:  # once per outage, not once per batch
                 log.warning("stats.store_failed", error=str(exc), buckets=len(deltas))
             self._stats_failing = True
+            self._stats_retry_at = self._clock() + STATS_RETRY_S
             return
         if self._stats_failing:
             log.info("stats.store_recovered")

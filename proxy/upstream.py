@@ -118,16 +118,15 @@ def _detail(exc: BaseException) -> str:
 class Upstream:
     """A base URL with its own connection pool; :meth:`call` never raises for upstream failures."""
 
-    def __init__(self, base_url: str, timeout_s: float, *, name: str, limit: int = 0) -> None:
+    def __init__(self, base_url: str, timeout_s: float, *, name: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.name = name
-        self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._lean = Client(self.base_url)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=60, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15, ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
