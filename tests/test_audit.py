@@ -15,7 +15,7 @@ import rfc8785
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.audit import Chain, Redactor, canonical, jcs_value, record_hash
+from proxy.audit import Chain, Redactor, body_for_record, canonical, jcs_value, record_hash
 from proxy.cli import main
 from proxy.ids import ulid
 from proxy.records import base_record
@@ -55,6 +55,70 @@ def test_a_record_with_an_unwritable_value_is_still_chained_without_a_gap():
     assert [r["seq"] for r in (first, odd, third)] == [1, 2, 3]
     assert odd["prev_hash"] == first["hash"] and third["prev_hash"] == odd["hash"]
     assert odd["weird"] == "{1, 2}" and record_hash(odd) == odd["hash"]
+
+
+def nested(levels: int) -> list:
+    """A list nested ``levels`` deep: [[[...]]]."""
+    root: list = []
+    node = root
+    for _ in range(levels - 1):
+        node.append([])
+        node = node[0]
+    return root
+
+
+def depth_of(value) -> int:
+    depth = 0
+    while isinstance(value, list | dict):
+        depth += 1
+        if not value:
+            break
+        value = value[0] if isinstance(value, list) else next(iter(value.values()))
+    return depth
+
+
+@pytest.mark.parametrize("levels", [200, 300, 5000])
+def test_a_record_nested_deeper_than_orjson_writes_is_chained_with_its_deep_part_cut(levels):
+    """orjson writes at most 254 levels; a deeper record keeps 64 levels, then "[TOO DEEP]"; no gap."""
+    chain = Chain("w")
+    first = orjson.loads(chain.link({"type": "decision", "n": 1}))
+    odd = orjson.loads(chain.link({"type": "decision", "request": {"body": jcs_value(nested(levels))}}))
+    third = orjson.loads(chain.link({"type": "decision", "n": 3}))
+    assert [r["seq"] for r in (first, odd, third)] == [1, 2, 3]
+    assert odd["prev_hash"] == first["hash"] and third["prev_hash"] == odd["hash"]
+    assert record_hash(odd) == odd["hash"]
+    body = odd["request"]["body"]
+    if levels == 200:  # orjson writes it: kept whole
+        assert depth_of(body) == 200
+        return
+    # 300: the record is level 1, request level 2: the body keeps levels 3 to 64, then the marker;
+    # 5000: too deep to normalise at all, the body alone keeps 64 levels (then the record is writable)
+    kept = 62 if levels == 300 else 64
+    assert depth_of(body) == kept
+    for _ in range(kept - 1):
+        body = body[0]
+    assert body == ["[TOO DEEP]"]
+
+
+def test_a_body_too_deep_for_python_recursion_still_builds_a_record():
+    doc = orjson.loads(b"[" * 1000 + b"]" * 1000)  # orjson parses 1000 levels; recursion would fail
+    body = body_for_record(b"[...]", doc)
+    assert depth_of(body) == 64 and orjson.dumps(body)
+
+
+async def test_a_deep_record_in_a_real_trail_verifies(tmp_path):
+    start = ulid()
+    chain = Chain(f"host:{os.getpid()}:{start}")
+    sink = FileSink(tmp_path, start_id=start, rotate_bytes=10**9, compress_rotated=False, host="host")
+    await sink.open()
+    records = [base_record("decision", time.time(), "r") for _ in range(3)]
+    records[1]["request"] = {"body": nested(400)}
+    sink.plan(records, chain)
+    await sink.flush()
+    await sink.close(chain)
+    result = verify([tmp_path])
+    assert result.ok, result.problems
+    assert result.writers[chain.writer].records == 4
 
 
 def test_integral_floats_hash_like_integers():
