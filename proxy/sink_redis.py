@@ -237,8 +237,16 @@ class RedisSink:
 
     # --- the writer's side ----------------------------------------------------------------------
 
-    def plan(self, records: list[dict[str, Any]], chain: Chain) -> None:
-        self._planned.extend(chain.link(record) for record in records)
+    def plan(self, records: list[dict[str, Any]], chain: Chain) -> list[tuple[dict[str, Any], Exception]]:
+        failed: list[tuple[dict[str, Any], Exception]] = []
+        for record in records:
+            try:
+                line = chain.link(record)
+            except Exception as exc:  # Chain.link does not raise; if it ever did, nothing was chained
+                failed.append((record, exc))
+                continue
+            self._planned.append(line)
+        return failed
 
     async def flush(self) -> None:
         """Send what is planned to Redis, or to the spill (see the module docstring).

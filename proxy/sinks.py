@@ -38,7 +38,10 @@ class Sink(Protocol):
 
     async def open(self) -> None: ...
 
-    def plan(self, records: list[dict[str, Any]], chain: Chain) -> None: ...
+    def plan(self, records: list[dict[str, Any]], chain: Chain) -> list[tuple[dict[str, Any], Exception]]:
+        """Chain ``records`` into what ``flush`` writes. Never raises: a record that cannot be chained
+        is returned with its error, unchained (the chain does not advance for it: no gap)."""
+        ...
 
     async def flush(self) -> None: ...
 
@@ -141,21 +144,29 @@ class FileSink:
             if removed:
                 log.warning("audit.torn_line_truncated", file=str(path), bytes_removed=removed)
 
-    def plan(self, records: list[dict[str, Any]], chain: Chain) -> None:
+    def plan(self, records: list[dict[str, Any]], chain: Chain) -> list[tuple[dict[str, Any], Exception]]:
+        failed: list[tuple[dict[str, Any], Exception]] = []
         lines: list[bytes] = []
-        for record in records:
-            if self._size >= self.rotate_bytes:
-                seal = base_record("seal", time.time())
-                lines.append(chain.seal(seal, reason="rotate", file=self.name(self._index)))
-                self._planned.append(_Chunk(self._index, b"".join(lines), seals=True))
-                lines = []
-                self._index += 1
-                self._size = 0
-            line = chain.link(record)
-            lines.append(line)
-            self._size += len(line)
-        if lines:
-            self._planned.append(_Chunk(self._index, b"".join(lines), seals=False))
+        try:
+            for record in records:
+                if self._size >= self.rotate_bytes:
+                    seal = base_record("seal", time.time())
+                    lines.append(chain.seal(seal, reason="rotate", file=self.name(self._index)))
+                    self._planned.append(_Chunk(self._index, b"".join(lines), seals=True))
+                    lines = []
+                    self._index += 1
+                    self._size = 0
+                try:
+                    line = chain.link(record)
+                except Exception as exc:  # Chain.link does not raise; if it ever did, nothing was chained
+                    failed.append((record, exc))
+                    continue
+                lines.append(line)
+                self._size += len(line)
+        finally:  # whatever is chained is planned, so the chain never has a gap
+            if lines:
+                self._planned.append(_Chunk(self._index, b"".join(lines), seals=False))
+        return failed
 
     async def flush(self) -> None:
         if self._planned:
