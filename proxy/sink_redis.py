@@ -50,7 +50,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -62,7 +62,7 @@ from proxy.audit import Chain
 from proxy.ids import ulid_time_s
 from proxy.log import get_logger
 from proxy.records import base_record
-from proxy.sinks import _pid_alive, repair_torn_tail
+from proxy.sinks import AppendFile, _pid_alive, repair_torn_tail
 from proxy.tasks import TaskOwner
 
 log = get_logger("proxy.audit")
@@ -168,7 +168,7 @@ class RedisSink:
         self._planned: list[bytes] = []
         self._queue: deque[_Spill] = deque()  # closed spill files, oldest first
         self._open: _Spill | None = None  # the spill file new records are appended to
-        self._file: IO[bytes] | None = None
+        self._file: AppendFile | None = None
         self._lock = asyncio.Lock()  # the open spill file: appended by flush, rotated by the replayer
         self._wake = asyncio.Event()
         self._tasks = TaskOwner("audit-replay")
@@ -389,22 +389,14 @@ class RedisSink:
 # --- spill file I/O (runs in the sink's one I/O thread) ---------------------------------------
 
 
-def _create(path: Path) -> IO[bytes]:
-    file = path.open("ab")
+def _create(path: Path) -> AppendFile:
+    file = AppendFile(path)
     _fsync_dir(path.parent)  # the file's name must survive a crash as well as its content
     return file
 
 
-def _append(file: IO[bytes], data: bytes) -> None:
-    good = file.tell()
-    try:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    except OSError:
-        file.seek(good)
-        file.truncate(good)  # never leave half a batch: the retry rewrites it whole
-        raise
+def _append(file: AppendFile, data: bytes) -> None:
+    file.append(data, fsync=True)  # whole or not at all: a failed append is cut back, the retry rewrites it
 
 
 def _read_batch(path: Path, pos: int) -> tuple[list[bytes], int, int]:

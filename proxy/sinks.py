@@ -4,11 +4,16 @@ A sink works in two steps so that CPU work stays on the event loop in small slic
 blocking file I/O goes to a thread: :meth:`plan` chains records into bytes (and decides rotation,
 so each seal lands at the right place in the chain); :meth:`flush` writes what is planned. A failed
 write leaves the rest planned and is retried; nothing planned is dropped.
+
+Files are written through :class:`AppendFile`: no user-space buffer, a batch appended whole or not at
+all. A write that fails half-way (disk full) is cut back before the error is raised, so the retry
+writes the batch exactly once (a buffered file would keep the unwritten bytes and write them again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import re
@@ -19,7 +24,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from proxy.audit import Chain
 from proxy.log import get_logger
@@ -65,6 +70,53 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class AppendFile:
+    """An append-only file written without a user-space buffer, one whole batch per :meth:`append`.
+
+    Runs in an I/O thread. ``append`` either adds all of ``data`` (continuing short writes) or leaves
+    the file as it was and raises: a failed write or fsync is cut back (``ftruncate``) to the size
+    before the call. If even the cut fails, the next ``append`` cuts first and raises until it can,
+    so a partial batch is never followed by the whole batch.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        self._cut_to: int | None = None  # a failed append not yet cut back
+
+    def _fileno(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        return self._fd
+
+    def append(self, data: bytes, *, fsync: bool = True) -> None:
+        fd = self._fileno()
+        if self._cut_to is not None:
+            os.ftruncate(fd, self._cut_to)
+            self._cut_to = None
+        good = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        except OSError:
+            self._cut_to = good
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, good)  # never leave half a batch: the retry rewrites it whole
+                self._cut_to = None
+            raise
+
+    def fsync(self) -> None:
+        os.fsync(self._fileno())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 def repair_torn_tail(path: Path) -> int:
@@ -115,7 +167,7 @@ class FileSink:
         self._index = 1
         self._size = 0
         self._planned: deque[_Chunk] = deque()
-        self._file: IO[bytes] | None = None
+        self._file: AppendFile | None = None
         self._file_index = 0
         self._io = ThreadPoolExecutor(1, thread_name_prefix="audit-io")
         self._gzip = ThreadPoolExecutor(1, thread_name_prefix="audit-gzip")
@@ -175,27 +227,17 @@ class FileSink:
     def _flush_sync(self) -> None:
         while self._planned:
             chunk = self._planned[0]
-            f = self._file_for(chunk.index)
-            good = f.tell()
-            try:
-                f.write(chunk.data)
-                f.flush()
-                if self.fsync_each_batch or chunk.seals:
-                    os.fsync(f.fileno())
-            except OSError:
-                f.seek(good)
-                f.truncate(good)  # never leave half a batch: the retry rewrites it whole
-                raise
+            self._file_for(chunk.index).append(chunk.data, fsync=self.fsync_each_batch or chunk.seals)
             self._planned.popleft()
             if chunk.seals:
                 self._close_file()
                 if self.compress_rotated:
                     self._gzip.submit(_gzip_file, self.directory / self.name(chunk.index))
 
-    def _file_for(self, index: int) -> IO[bytes]:
+    def _file_for(self, index: int) -> AppendFile:
         if self._file is None or self._file_index != index:
             self._close_file()
-            self._file = (self.directory / self.name(index)).open("ab")
+            self._file = AppendFile(self.directory / self.name(index))
             self._file_index = index
         return self._file
 
@@ -220,7 +262,7 @@ class FileSink:
     def _finish_sync(self) -> None:
         self._flush_sync()
         if self._file is not None:
-            os.fsync(self._file.fileno())
+            self._file.fsync()
         self._close_file()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import subprocess
 import sys
@@ -331,3 +332,81 @@ async def test_damaged_lines_fail_verification(tmp_path, damage):
     path.write_bytes(b"".join(lines))
     result = verify([tmp_path])
     assert not result.ok and f"{path}:2" in result.problems[0]
+
+
+# --- a write that fails half-way (disk full) -------------------------------------------------
+
+# Runs in a child process: RLIMIT_FSIZE makes the file system refuse bytes past a size, exactly as a
+# full disk does (a short write, then EFBIG instead of ENOSPC), without touching the test process.
+FAILING_WRITE = """
+import asyncio, os, resource, signal, sys, time
+from pathlib import Path
+from proxy.audit import Chain
+from proxy.ids import ulid
+from proxy.records import base_record
+
+def batch(first, n):
+    return [dict(base_record("decision", time.time(), "r"), n=i, pad="x" * 200) for i in range(first, first + n)]
+
+async def main(kind, directory):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    start = ulid()
+    chain = Chain(f"h:{os.getpid()}:{start}")
+    if kind == "file":
+        from proxy.sinks import FileSink
+        sink = FileSink(Path(directory), start_id=start, rotate_bytes=10**9, compress_rotated=False, host="h")
+        size = lambda: sink.current_path.stat().st_size
+    else:
+        from proxy.sink_redis import RedisSink
+        sink = RedisSink(sys.argv[3], Path(directory), start_id=start, host="h")
+        size = lambda: 0  # the replayer takes the first spill file over: the next batch starts a new one
+    await sink.open()
+    sink.plan(batch(0, 3), chain)
+    await sink.flush()
+    while kind == "redis" and sink._open is not None:
+        await asyncio.sleep(0.01)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size() + 300, hard))  # the next batch fits in part
+    sink.plan(batch(3, 3), chain)
+    for _ in range(2):
+        try:
+            await sink.flush()
+        except OSError as exc:
+            print("write failed:", exc.errno, flush=True)
+        else:
+            raise SystemExit("the write should have failed")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+    await sink.flush()
+    await sink.close(chain)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def run_failing_write(kind: str, directory: Path, *extra: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", FAILING_WRITE, kind, str(directory), *extra],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).parent.parent, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("write failed") == 2
+    return proc.stdout
+
+
+def test_a_batch_whose_write_fails_half_way_is_written_once_on_retry(tmp_path):
+    run_failing_write("file", tmp_path)
+    result = verify([tmp_path])
+    assert result.ok, result.problems
+    records = [orjson.loads(line) for line in lines_of(only_file(tmp_path))]
+    assert [r.get("n") for r in records] == [0, 1, 2, 3, 4, 5, None] and records[-1]["records"] == 6
+
+
+def test_a_spill_append_that_fails_half_way_is_written_once_on_retry(tmp_path):
+    from tests.conftest import dead_url
+
+    run_failing_write("redis", tmp_path, dead_url().replace("http", "redis") + "/0/audit")
+    records = [orjson.loads(line) for spill in sorted(tmp_path.glob("spill-*.jsonl")) for line in lines_of(spill)]
+    assert [r.get("n") for r in records] == [0, 1, 2, 3, 4, 5, None]
+    assert [r["seq"] for r in records] == list(range(1, 8))
+    for before, after in itertools.pairwise(records):
+        assert after["prev_hash"] == before["hash"] and record_hash(after) == after["hash"]
