@@ -58,6 +58,30 @@ async def test_window_statistics_sum_the_epoch_and_window(store):
     assert (await store.window_stats("r", 3, now - 60, now)).counts["requests"] == 0
 
 
+async def test_memory_store_keeps_only_the_current_and_previous_epoch_of_a_route():
+    """A route that changes stage often must not keep every old epoch's buckets for ever."""
+    store = MemoryStore()
+    now = time.time()
+    for epoch in range(1, 51):
+        await store.add_stats(bucketize([("r", epoch, now - 1, decision()), ("other", 1, now - 1, decision())]))
+    counts = [(await store.window_stats("r", e, now - 60, now)).counts["requests"] for e in range(1, 51)]
+    assert counts == [0] * 48 + [1, 1]
+    await store.add_stats(bucketize([("r", 10, now - 1, decision())]))  # a straggler of a long-gone epoch
+    assert (await store.window_stats("r", 10, now - 60, now)).counts["requests"] == 0
+    assert (await store.window_stats("other", 1, now - 60, now)).counts["requests"] == 50  # other routes kept
+    assert sorted(store._buckets["r"]) == [49, 50]  # what is kept: memory bounded by two epochs a route
+
+
+async def test_memory_store_expires_buckets_past_their_retention():
+    clock = [1_000_000.0]
+    store = MemoryStore(clock=lambda: clock[0])
+    await store.add_stats(bucketize([("r", 1, clock[0], decision())]))
+    clock[0] += 2 * 3600  # the 1 s bucket is past its hour; a new one makes the store look
+    await store.add_stats(bucketize([("r", 1, clock[0], decision())]))
+    assert list(store._buckets["r"][1][1]) == [int(clock[0])]
+    assert len(store._buckets["r"][1][60]) == 2 and len(store._buckets["r"][1][3600]) == 2
+
+
 async def test_rate_budget_allows_the_burst_then_refuses_then_refills(store):
     outcomes = [await store.budget_acquire("r", 10.0, 3, None, None) for _ in range(4)]
     assert [v.allowed for v in outcomes] == [True, True, True, False]

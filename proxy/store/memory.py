@@ -12,11 +12,18 @@ from proxy.windows import TIERS, WindowStats, tier_for
 
 
 class MemoryStore:
-    """Everything in dicts; the same contract as the Redis store."""
+    """Everything in dicts; the same contract as the Redis store.
+
+    Window buckets expire like Redis keys do (their tier's retention after their start), and
+    when a route's stage epoch moves on, its buckets of epochs older than the previous one are dropped
+    (the previous epoch is kept for records still in flight): memory stays bounded however often a
+    route changes stage.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._states: dict[str, RouteState] = {}
-        self._buckets: dict[tuple[str, int, int], dict[int, WindowStats]] = {}
+        # route -> epoch -> resolution -> bucket start -> stats (starts in insertion order, mostly rising)
+        self._buckets: dict[str, dict[int, dict[int, dict[int, WindowStats]]]] = {}
         self._clock = clock
         self._budgets: dict[str, LocalBudget] = {}
 
@@ -42,22 +49,23 @@ class MemoryStore:
     async def add_stats(self, deltas: Mapping[StatsKey, WindowStats]) -> None:
         now = self._clock()
         for (route, epoch, resolution, start), delta in deltas.items():
-            buckets = self._buckets.setdefault((route, epoch, resolution), {})
+            epochs = self._buckets.setdefault(route, {})
+            if epoch not in epochs:
+                newest = max(epochs, default=epoch)
+                if epoch < newest - 1:
+                    continue  # an epoch two stages back: nobody reads it any more
+                for old in [e for e in epochs if e < epoch - 1]:
+                    del epochs[old]
+            buckets = epochs.setdefault(epoch, {}).setdefault(resolution, {})
             current = buckets.get(start)
             if current is None:
                 buckets[start] = current = WindowStats()
-                self._expire(buckets, resolution, now)
+                _expire(buckets, resolution, now)
             current.merge(delta)
-
-    @staticmethod
-    def _expire(buckets: dict[int, WindowStats], resolution: int, now: float) -> None:
-        retention = dict(TIERS)[resolution]
-        for start in [s for s in buckets if s < now - retention - resolution]:
-            del buckets[start]
 
     async def window_stats(self, route: str, epoch: int, since: float, until: float) -> WindowStats:
         resolution, _ = tier_for(until - since)
-        buckets = self._buckets.get((route, epoch, resolution), {})
+        buckets = self._buckets.get(route, {}).get(epoch, {}).get(resolution, {})
         first = int(since // resolution) * resolution
         return WindowStats.total(b for start, b in buckets.items() if first <= start <= until)
 
@@ -86,3 +94,15 @@ class MemoryStore:
     async def budget_charge(self, route: str, amount: float, window_s: float | None) -> float:
         budget = self._budgets.get(route)
         return budget.charge(amount) if budget is not None else 0.0
+
+
+def _expire(buckets: dict[int, WindowStats], resolution: int, now: float) -> None:
+    """Drop buckets kept long enough (oldest inserted first; a late, older one goes on a later pass)."""
+    cutoff = now - dict(TIERS)[resolution] - resolution
+    expired = []
+    for start in buckets:
+        if start >= cutoff:
+            break
+        expired.append(start)
+    for start in expired:
+        del buckets[start]
