@@ -2,10 +2,10 @@
 
 Every decision record adds to the buckets of its route and *stage epoch* (incremented on each stage
 change), so "records since the route entered its current stage" is simply "the current epoch". Buckets
-come in three resolutions so any window from seconds to weeks is answered by summing at most a few
-thousand buckets, without keeping records: 1 s buckets (kept 1 h), 1 min (kept 3 d), 1 h (kept 35 d).
-A window is answered from the coarsest resolution at most 1/60 of its length, so the oldest edge is off
-by at most one bucket (under 2% of the window).
+come in three resolutions, without keeping records: 1 s buckets (kept 1 h), 1 min (kept 3 d), 1 h
+(kept 35 d). A window is answered by :func:`plan_buckets`: hours for its aligned middle, minutes and
+seconds only at its edges, so a 24 h window costs at most 84 buckets and a 5 min window 64, not
+thousands (see there for the precision).
 """
 
 from __future__ import annotations
@@ -37,16 +37,81 @@ def sample_state(stage: Any, agree: Any, primary: Mapping[str, Any], model: Mapp
     return "sample"
 
 
-def tier_for(window_s: float) -> tuple[int, int]:
-    """The (resolution, retention) that answers a window of ``window_s``."""
-    for resolution, retention in TIERS:
-        if window_s <= resolution * 3600 and window_s <= retention:
-            return resolution, retention
-    return TIERS[-1]
-
-
 def bucket_start(ts: float, resolution: int) -> int:
     return int(ts // resolution) * resolution
+
+
+RETENTION: dict[int, int] = dict(TIERS)
+# How long after a bucket's end a store must still have it: its tier's retention, plus one bucket of
+# slack between planning a query and running it. Stores keep a bucket ``retention + 2 * resolution``
+# after its start (Redis: a TTL of that much from every write).
+KEEP_S: dict[int, int] = {resolution: retention + 2 * resolution for resolution, retention in TIERS}
+# A window whose end is at most this far before now is "up to now": nothing newer than its end exists
+# yet (the query runs moments after the caller read the clock), so a bucket may reach past the end.
+OPEN_END_S = 1.0
+
+
+def retained(resolution: int, start: int, now: float) -> bool:
+    """True when the bucket still holds its data at ``now``: it ends within its tier's retention."""
+    return start + resolution + RETENTION[resolution] > now
+
+
+def plan_buckets(since: float, until: float, now: float) -> list[tuple[int, int]]:
+    """The ``(resolution, start)`` buckets whose sum answers the window ``[since, until]`` at ``now``.
+
+    Records are bucketed by whole second, so the window is the seconds ``floor(since)`` to
+    ``floor(until)``. The buckets are disjoint and aligned, each one still retained, newest first. The
+    window is covered from its newest end backwards by the coarsest bucket that fits: seconds up to
+    the next whole minute, minutes up to the next whole hour, hours for the middle, then minutes and
+    seconds down to ``since``.
+
+    Precision: the plan covers exactly those seconds, except
+
+    * at the oldest edge, where the finest tier no longer reaches (1 s buckets older than 1 h, 1 min
+      older than 3 d), the bucket of the next tier containing ``since`` is taken whole: under 60 s
+      (resp. 3600 s) more than asked, as before; with ``since`` at the start of the stage (the usual
+      case for young stages) the extra part holds no records of the epoch anyway;
+    * at the newest edge, when ``until`` is within :data:`OPEN_END_S` of ``now`` (or after it), the
+      bucket containing ``until`` is taken at the coarsest tier starting inside the window: it
+      holds nothing newer than ``now`` but records stamped by a clock slightly ahead;
+    * an end older than a tier's retention is likewise widened to the bucket of the next tier (not a
+      query the proxy makes); seconds older than 35 days are gone and not covered.
+
+    Count: with an open end (the proxy's queries) at most ``1 + hours + 59 + 59 + 1`` buckets, where
+    ``hours`` is the number of whole hours in the window (24 h: 84 at most, 15 min: 74, 5 min: 64);
+    otherwise at most ``4 * 59 + hours + 2``. ``tests/test_policy.py`` checks all of this as a property.
+    """
+    low, end = int(since // 1), int(until // 1) + 1  # the window's seconds: [low, end)
+    if end <= low:
+        return []
+    plan: list[tuple[int, int]] = []
+    pos = end  # seconds from pos on are covered
+    if until >= now - OPEN_END_S:
+        for resolution, _ in reversed(TIERS):
+            start = bucket_start(end - 1, resolution)
+            if start >= low and retained(resolution, start, now):
+                plan.append((resolution, start))
+                pos = start
+                break
+    while pos > low:
+        for resolution, _ in reversed(TIERS):  # the coarsest bucket that ends at pos and fits
+            start = pos - resolution
+            if pos % resolution == 0 and start >= low and retained(resolution, start, now):
+                plan.append((resolution, start))
+                pos = start
+                break
+        else:  # the finest tier that still holds pos - 1 is too coarse to end at pos or to fit
+            for resolution, _ in TIERS:
+                start = bucket_start(pos - 1, resolution)
+                if retained(resolution, start, now):
+                    while plan and plan[-1][1] < start + resolution:  # finer buckets it contains
+                        plan.pop()
+                    plan.append((resolution, start))
+                    pos = start
+                    break
+            else:
+                break  # older than every tier keeps
+    return plan
 
 
 @dataclass

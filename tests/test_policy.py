@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from proxy.config import Policy
 from proxy.policy import Action, BudgetTerms, evaluate, windows_needed
 from proxy.stages import RouteState, Stage
-from proxy.windows import WindowStats, bucketize, sample_state, tier_for
+from proxy.windows import TIERS, WindowStats, bucket_start, bucketize, plan_buckets, retained, sample_state
 
 NOW = 1_000_000.0
 GATE = {
@@ -230,6 +233,81 @@ def test_buckets_sum_back_to_the_window():
         assert total.counts["requests"] == 120
 
 
-def test_windows_are_answered_at_a_fitting_resolution():
-    assert tier_for(10)[0] == 1 and tier_for(3600)[0] == 1
-    assert tier_for(24 * 3600)[0] == 60 and tier_for(72 * 3600)[0] == 3600
+# --- which buckets answer a window (plan_buckets) ------------------------------------------------
+
+DAY = 86400
+CLOCK = 1_800_000_000.0  # a realistic epoch second; the strategies add fractions and offsets
+
+
+def oldest_kept_second(now: float) -> int:
+    """The first second whose hour bucket is still retained (older data is gone)."""
+    hour, retention = TIERS[-1]
+    return (int((now - retention - hour) // hour) + 1) * hour
+
+
+def finest_holding(second: int, now: float) -> int | None:
+    """The finest resolution whose bucket containing ``second`` is still retained."""
+    return next((r for r, _ in TIERS if retained(r, bucket_start(second, r), now)), None)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    now=st.floats(0, 7200).map(lambda x: CLOCK + x),
+    age=st.one_of(st.floats(0, 40 * DAY), st.sampled_from([300.0, 900.0, 3600.0, DAY, 3 * DAY, 35 * DAY])),
+    length=st.one_of(st.floats(0, 40 * DAY), st.floats(0, 7200), st.just(None)),
+)
+@example(now=CLOCK + 0.5, age=DAY, length=None)  # the default policy's windows, each up to now
+@example(now=CLOCK + 1234.25, age=900.0, length=None)
+@example(now=CLOCK + 1234.25, age=300.0, length=None)
+@example(now=CLOCK, age=3 * DAY + 1800, length=3600.0)  # across the minute tier's horizon, ending in the past
+def test_a_window_plan_is_disjoint_covering_retained_and_small(now, age, length):
+    since = now - age
+    until = now if length is None else min(since + length, now + 5)
+    plan = plan_buckets(since, until, now)
+    low, end = int(since // 1), int(until // 1) + 1
+    held = oldest_kept_second(now)
+    if end <= max(low, held):  # an empty window, or one older than every tier keeps
+        assert plan == []
+        return
+    assert all(start % resolution == 0 and retained(resolution, start, now) for resolution, start in plan)
+    spans = sorted((start, start + resolution) for resolution, start in plan)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), "disjoint and without holes"
+    first, last = spans[0][0], spans[-1][1]
+    # the oldest edge: exact while 1 s buckets reach it, else the containing bucket of the finest tier
+    # that still holds it (less than one such bucket more than asked); nothing older than kept data
+    if low >= held:
+        resolution = finest_holding(low, now)
+        assert first == bucket_start(low, resolution)
+    else:
+        assert first == held
+    # the newest edge: up to now, the bucket containing `until` may reach past it (nothing newer
+    # exists); otherwise exact while 1 s buckets reach it, else the containing bucket of a coarser tier
+    if until >= now - 1.0:
+        assert end <= last <= bucket_start(end - 1, 3600) + 3600
+    else:
+        resolution = finest_holding(end - 1, now)
+        assert last == bucket_start(end - 1, resolution) + resolution
+    hours = (end - low) // 3600
+    bound = 1 + hours + 59 + 59 + 1 if until >= now - 1.0 else 4 * 59 + hours + 2
+    assert len(plan) <= bound
+
+
+def test_the_default_policy_windows_cost_tens_of_buckets_not_thousands():
+    """24 h, 15 min and 5 min up to now, at every 7.3 s of an hour: at most 84 + 74 + 64 buckets."""
+    worst = dict.fromkeys((DAY, 900, 300), 0)
+    for step in range(0, 494):
+        now = CLOCK + step * 7.3
+        for window in worst:
+            worst[window] = max(worst[window], len(plan_buckets(now - window, now, now)))
+    assert worst == {DAY: 84, 900: 74, 300: 64}  # was 1,440 + 900 + 300 HGETALLs a route
+
+
+def test_a_window_is_answered_exactly_at_its_edges_within_the_retention():
+    now = CLOCK + 1234.5
+    entries = [("r", 1, now - offset, decision()) for offset in range(0, 7200, 7)]
+    buckets = bucketize(entries)
+    for since, until in [(now - 300, now), (now - 3000.2, now - 100.7), (now - 3599, now - 3000)]:
+        plan = plan_buckets(since, until, now)
+        total = WindowStats.total(buckets.get(("r", 1, res, start), WindowStats()) for res, start in plan)
+        expected = sum(1 for _, _, ts, _ in entries if int(since) <= int(ts) <= int(until))
+        assert total.counts["requests"] == expected

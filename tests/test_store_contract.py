@@ -58,6 +58,39 @@ async def test_window_statistics_sum_the_epoch_and_window(store):
     assert (await store.window_stats("r", 3, now - 60, now)).counts["requests"] == 0
 
 
+async def test_long_windows_sum_hours_minutes_and_seconds_to_the_records_they_cover(store):
+    now = time.time()
+    offsets = [*range(0, 7200, 13), *range(0, 30, 1)]
+    await store.add_stats(bucketize([("r", 1, now - offset - 0.25, decision()) for offset in offsets]))
+    for window in (300, 900, 3000, 5400, 86400):
+        low = int(now - window)
+        # within the hour that 1 s buckets keep the edge is exact; beyond it, the whole minute of `since`
+        first = low if window < 3600 else low // 60 * 60
+        expected = sum(1 for offset in offsets if int(now - offset - 0.25) >= first)
+        got = await store.window_stats("r", 1, now - window, now)
+        assert got.counts["requests"] == expected, window
+
+
+async def test_the_default_policy_windows_cost_redis_a_few_hundred_commands_not_thousands(redis_url):
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, timeout_s=1.0, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    admin = aioredis.from_url(redis_url)
+
+    async def hgetalls() -> int:
+        return (await admin.info("commandstats")).get("cmdstat_hgetall", {}).get("calls", 0)
+
+    try:
+        before = await hgetalls()
+        now = time.time()
+        for window in (86400, 900, 300):
+            await store.window_stats("r", 1, now - window, now)
+        assert await hgetalls() - before <= 84 + 74 + 64  # was 1,440 + 900 + 300
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
 async def test_memory_store_keeps_only_the_current_and_previous_epoch_of_a_route():
     """A route that changes stage often must not keep every old epoch's buckets for ever."""
     store = MemoryStore()

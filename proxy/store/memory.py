@@ -8,13 +8,13 @@ from collections.abc import Callable, Mapping
 from proxy.budgets import LocalBudget, Verdict
 from proxy.stages import RouteState
 from proxy.store import StatsKey
-from proxy.windows import TIERS, WindowStats, tier_for
+from proxy.windows import KEEP_S, WindowStats, plan_buckets
 
 
 class MemoryStore:
     """Everything in dicts; the same contract as the Redis store.
 
-    Window buckets expire like Redis keys do (their tier's retention after their start), and
+    Window buckets expire like Redis keys do (:data:`~proxy.windows.KEEP_S` after their start), and
     when a route's stage epoch moves on, its buckets of epochs older than the previous one are dropped
     (the previous epoch is kept for records still in flight): memory stays bounded however often a
     route changes stage.
@@ -64,10 +64,11 @@ class MemoryStore:
             current.merge(delta)
 
     async def window_stats(self, route: str, epoch: int, since: float, until: float) -> WindowStats:
-        resolution, _ = tier_for(until - since)
-        buckets = self._buckets.get(route, {}).get(epoch, {}).get(resolution, {})
-        first = int(since // resolution) * resolution
-        return WindowStats.total(b for start, b in buckets.items() if first <= start <= until)
+        tiers = self._buckets.get(route, {}).get(epoch, {})
+        parts = (
+            tiers.get(resolution, {}).get(start) for resolution, start in plan_buckets(since, until, self._clock())
+        )
+        return WindowStats.total(part for part in parts if part is not None)
 
     async def budget_acquire(
         self,
@@ -98,7 +99,7 @@ class MemoryStore:
 
 def _expire(buckets: dict[int, WindowStats], resolution: int, now: float) -> None:
     """Drop buckets kept long enough (oldest inserted first; a late, older one goes on a later pass)."""
-    cutoff = now - dict(TIERS)[resolution] - resolution
+    cutoff = now - KEEP_S[resolution]
     expired = []
     for start in buckets:
         if start >= cutoff:

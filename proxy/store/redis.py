@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import TypeVar
@@ -33,7 +34,7 @@ from proxy.budgets import Verdict
 from proxy.log import get_logger
 from proxy.stages import RouteState, Skip
 from proxy.store import StatsKey, StoreError
-from proxy.windows import COUNTS, TIERS, WindowStats, tier_for
+from proxy.windows import COUNTS, KEEP_S, WindowStats, plan_buckets
 
 log = get_logger("proxy.store")
 T = TypeVar("T")
@@ -116,7 +117,6 @@ class RedisStore:
     # --- window statistics --------------------------------------------------------------------
 
     async def add_stats(self, deltas: Mapping[StatsKey, WindowStats]) -> None:
-        retention = dict(TIERS)
         pipe = self._redis.pipeline(transaction=False)
         for (route, epoch, resolution, start), delta in deltas.items():
             key = self._key(route, "w", epoch, resolution, start)
@@ -126,14 +126,16 @@ class RedisStore:
                 pipe.hincrby(key, field, n)
             if delta.cost:
                 pipe.hincrbyfloat(key, "cost", delta.cost)
-            pipe.expire(key, retention[resolution] + resolution)
+            pipe.expire(key, KEEP_S[resolution])  # from this write: past the bucket's end plus retention
         await self._do(pipe.execute())
 
     async def window_stats(self, route: str, epoch: int, since: float, until: float) -> WindowStats:
-        resolution, _ = tier_for(until - since)
-        first = int(since // resolution) * resolution
+        """One pipelined HGETALL per bucket of :func:`~proxy.windows.plan_buckets` (tens, not thousands)."""
+        plan = plan_buckets(since, until, time.time())
+        if not plan:
+            return WindowStats()
         pipe = self._redis.pipeline(transaction=False)
-        for start in range(first, int(until) + 1, resolution):
+        for resolution, start in plan:
             pipe.hgetall(self._key(route, "w", epoch, resolution, start))
         parts = [_parse_bucket(raw) for raw in await self._do(pipe.execute()) if raw]
         return WindowStats.total(parts)
