@@ -247,7 +247,11 @@ class FileSink:
             self._file = None
 
     async def close(self, chain: Chain) -> None:
-        """Seal the live file (if it has records), write everything planned, fsync, close."""
+        """Seal the live file (if it has records), write everything planned, fsync, close.
+
+        A write that fails now (disk full) is not retried: the records it could not write are logged
+        as lost (``audit.records_lost``) and the file is left unsealed, as after a crash.
+        """
         if self._size or self._planned:
             seal = base_record("seal", time.time())
             line = chain.seal(seal, reason="shutdown", file=self.name(self._index))
@@ -255,8 +259,12 @@ class FileSink:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._io, self._finish_sync)
+        except OSError as exc:
+            lost = sum(chunk.data.count(b"\n") for chunk in self._planned)
+            log.error("audit.records_lost", records=lost, error=str(exc), file=str(self.current_path))
         finally:
             self._io.shutdown(wait=True)
+            self._close_file()
             await loop.run_in_executor(None, self._gzip.shutdown, True)
 
     def _finish_sync(self) -> None:

@@ -410,3 +410,42 @@ def test_a_spill_append_that_fails_half_way_is_written_once_on_retry(tmp_path):
     assert [r["seq"] for r in records] == list(range(1, 8))
     for before, after in itertools.pairwise(records):
         assert after["prev_hash"] == before["hash"] and record_hash(after) == after["hash"]
+
+
+CLOSE_ON_A_FULL_DISK = """
+import asyncio, os, resource, signal, sys, time
+from pathlib import Path
+from proxy.audit import Chain
+from proxy.ids import ulid
+from proxy.records import base_record
+from proxy.sinks import FileSink
+
+async def main(directory):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    start = ulid()
+    chain = Chain(f"h:{os.getpid()}:{start}")
+    sink = FileSink(Path(directory), start_id=start, rotate_bytes=10**9, compress_rotated=False, host="h")
+    await sink.open()
+    sink.plan([base_record("decision", time.time(), "r") for _ in range(3)], chain)
+    await sink.flush()
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (sink.current_path.stat().st_size, hard))  # the disk is full
+    sink.plan([base_record("decision", time.time(), "r") for _ in range(2)], chain)
+    await sink.close(chain)  # logs what it could not write, does not raise
+    print("closed", flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_file_sink_that_cannot_write_at_shutdown_says_how_many_records_are_lost(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", CLOSE_ON_A_FULL_DISK, str(tmp_path)],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).parent.parent, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "closed" in proc.stdout, proc.stderr
+    assert "audit.records_lost" in proc.stdout and "records=3" in proc.stdout  # 2 decisions and the seal
+    result = verify([tmp_path])
+    assert result.ok and len(result.writers) == 1
+    (state,) = result.writers.values()
+    assert state.records == 3 and not state.sealed
