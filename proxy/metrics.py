@@ -76,9 +76,13 @@ class Metrics:
         self.transitions = Counter(P + "transitions_total", "Stage transitions.", ["route", "from", "to"], registry=r)
         self.audit_records = Counter(P + "audit_records_total", "Audit records written.", ["type"], registry=r)
         self.audit_dropped = Counter(
-            P + "audit_dropped_records_total", "Audit records dropped (writer queue full).", registry=r
+            P + "audit_dropped_records_total",
+            "Audit records dropped: the writer's queue was full, or a record could not be built or written.",
+            registry=r,
         )
-        self.audit_errors = Counter(P + "audit_write_errors_total", "Failed audit sink writes.", registry=r)
+        self.audit_errors = Counter(
+            P + "audit_write_errors_total", "Audit writer failures (sink writes, record building), retried.", registry=r
+        )
         self.store_errors = Counter(P + "store_errors_total", "Failed store operations.", ["operation"], registry=r)
         self.live = LiveGauges()
         r.register(self.live)
