@@ -66,9 +66,11 @@ def demo_config(legacy_url: str, model_url: str, audit_dir: Path) -> dict[str, A
                 "segment": "body.region",
                 "assisted": {"max_wait_ms": 150},
                 "autonomous": {"min_confidence": 0.8, "primary_sample": 0.25},
+                # Sized for the demo's ~1000 requests a second: enough that pacing leaves the sample
+                # rate alone and the gates' spend projection passes; a tighter one shows pacing.
                 "budget": {
                     "rate": "5000/s",
-                    "cost": {"per_request": 0.0004, "per_1k_units": 0.002, "limit": 50.0, "window": "1d"},
+                    "cost": {"per_request": 0.0004, "per_1k_units": 0.002, "limit": 20000.0, "window": "1h"},
                 },
                 "policy": "fast-demo",
             }
