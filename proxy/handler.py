@@ -100,7 +100,7 @@ class ProxyHandler:
         """An answer the proxy gave itself before any upstream: counted and logged like the others."""
         name = route.name if route is not None else "_unmatched"
         self._metrics.requests.labels(name, "proxy", str(response.status)).inc()
-        self._log(name, None, request.method, request.path, response.status, "proxy", started,
+        self._log(name, None, request.method, request.path, response.status, "proxy", time.perf_counter() - started,
                   response.headers.get("X-Request-Id"))  # fmt: skip
         return response
 
@@ -110,7 +110,8 @@ class ProxyHandler:
         name = "_default" if self.default is not None else "_unmatched"
         served_by = "primary" if self.default is not None else "proxy"
         self._metrics.requests.labels(name, served_by, str(response.status)).inc()
-        self._log(name, None, request.method, request.path, response.status, served_by, started, request_id)
+        elapsed = time.perf_counter() - started
+        self._log(name, None, request.method, request.path, response.status, served_by, elapsed, request_id)
 
     # --- routed traffic -----------------------------------------------------------------------
 
@@ -275,11 +276,11 @@ class ProxyHandler:
         route.count_request(ex.served_by, status)
         upstream_s = (reply.latency_ms or 0.0) / 1000.0
         route.observe_overhead(max(0.0, elapsed - upstream_s))
-        self._log(route.name, ex.stage.value, ex.method, ex.path, status, ex.served_by.value, started, ex.request_id)
+        self._log(route.name, ex.stage.value, ex.method, ex.path, status, ex.served_by.value, elapsed, ex.request_id)
 
     def _log(
         self, route: str, stage: str | None, method: str, path: str, status: int, served_by: str,
-        started: float, request_id: str | None,
+        elapsed_s: float, request_id: str | None,
     ) -> None:  # fmt: skip
         """The one access-log event of a request (sampled by ``log.access_sample``)."""
         if self._access_sample >= 1.0 or self._rng() < self._access_sample:
@@ -290,7 +291,7 @@ class ProxyHandler:
                 path=path,
                 status=status,
                 served_by=served_by,
-                latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+                latency_ms=round(elapsed_s * 1000.0, 3),
                 request_id=request_id,
             )
 

@@ -148,3 +148,19 @@ TABLES = (
     ),
     ("Accuracy against outcomes", ["matched", "awaiting", "primary accuracy", "model accuracy"], _outcomes),
 )
+
+
+TRANSITION_COLUMNS = ["time (UTC)", "route", "event", "from → to", "actor", "reason", "evidence"]
+
+
+def transition_row(t: dict[str, Any]) -> list[str]:
+    """One transition as the table and HTML renderers show it (columns: :data:`TRANSITION_COLUMNS`)."""
+    return [
+        t["ts"][:19].replace("T", " "),
+        t["route"],
+        str(t["event"]),
+        f"{t['from']} → {t['to']}",
+        str(t["actor"]),
+        str(t["reason"] or ""),
+        evidence(t["evidence"]),
+    ]

@@ -50,19 +50,8 @@ def tables(report: dict[str, Any]) -> str:
         ]
         parts.append(f"<h3>{_esc(title)}</h3>" + _table(lead + head, body, [bool(r.get("total")) for r in rows]))
     if report["transitions"]:
-        head = ["time (UTC)", "route", "event", "from → to", "actor", "reason", "evidence"]
-        body = [
-            [
-                t["ts"][:19].replace("T", " "),
-                t["route"],
-                str(t["event"]),
-                f"{t['from']} → {t['to']}",
-                str(t["actor"]),
-                str(t["reason"] or ""),
-                fmt.evidence(t["evidence"]),
-            ]
-            for t in report["transitions"]
-        ]
+        head = fmt.TRANSITION_COLUMNS
+        body = [fmt.transition_row(t) for t in report["transitions"]]
         parts.append("<h3>Transitions</h3>" + _table(head, body, cls="text"))
     return "\n".join(parts)
 

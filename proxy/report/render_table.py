@@ -47,18 +47,10 @@ def confusion_table(total: dict[str, Any]) -> Table:
 
 def transitions_table(report: dict[str, Any]) -> Table:
     table = Table(title="Transitions", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("time (UTC)", "route", "event", "from → to", "actor", "reason", "evidence"):
+    for name in fmt.TRANSITION_COLUMNS:
         table.add_column(name, overflow="fold")
     for t in report["transitions"]:
-        table.add_row(
-            t["ts"][:19].replace("T", " "),
-            t["route"],
-            str(t["event"]),
-            f"{t['from']} → {t['to']}",
-            str(t["actor"]),
-            str(t["reason"] or ""),
-            fmt.evidence(t["evidence"]),
-        )
+        table.add_row(*fmt.transition_row(t))
     return table
 
 
